@@ -1,0 +1,224 @@
+//! The Redis Streams broker, on `fred`.
+//!
+//! - **Append**: one Lua script ([`scripts/append.lua`]) does the idempotency check, `XADD`, the idempotency
+//!   record and retention trimming atomically, over a small pool of multiplexed connections (no per-request
+//!   connection setup).
+//! - **Read**: `XRANGE` from the pool.
+//! - **Tail**: one [`tailer`] per broker instance owns a dedicated connection and reads every story that has a
+//!   local tail with a single multi-key `XREAD BLOCK`, fanning entries out to per-story channels. A tail first
+//!   pages through the backlog with `XRANGE`, then switches to its story's channel, deduplicating by id at the
+//!   seam.
+//! - **Failure**: every command has a timeout (`command_timeout`), so a request fails with
+//!   [`BrokerError::Unavailable`] instead of hanging while Redis is away; the client reconnects with backoff and
+//!   open tails continue from where they were once it is back.
+//!
+//! Keys are laid out in [`keys`]; the stored form of an event in [`codec`]. Redis 7.0 or newer is required.
+
+mod codec;
+mod keys;
+mod tailer;
+
+use std::{sync::Arc, time::Duration};
+
+use fred::{prelude::*, types::scripts::Script};
+use futures::StreamExt;
+use storyline_core::{
+    Appended, Broker, BrokerError, EventId, EventStream, EventType, IdempotencyKey, LogBounds, NewEvent, PageLimit,
+    Receipt, Retention, StoredEvent, StoryId,
+};
+
+const APPEND_LUA: &str = include_str!("../scripts/append.lua");
+const BOUNDS_LUA: &str = include_str!("../scripts/bounds.lua");
+
+/// How to reach Redis and how to use it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS is not enabled in this build).
+    pub url: String,
+    pub retention: Retention,
+    /// Upper bound on any single command, including time spent waiting for a reconnect.
+    pub command_timeout: Duration,
+    /// Multiplexed connections used for appends and reads.
+    pub pool_size: usize,
+    /// How long the tailer's `XREAD` blocks before it re-checks which stories to read.
+    pub block: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            retention: Retention::default(),
+            command_timeout: Duration::from_secs(2),
+            pool_size: 4,
+            block: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Redis Streams broker. Cloning shares connections and the tailer.
+#[derive(Debug, Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    retention: Retention,
+    append: Script,
+    bounds: Script,
+    tailer: tailer::Tailer,
+}
+
+pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
+    let redis = Config::from_url(&config.url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+    let mut builder = Builder::from_config(redis);
+    let timeout = config.command_timeout;
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        // Retry forever with capped exponential backoff: storyline must outlive Redis restarts.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    Ok(builder)
+}
+
+impl RedisBroker {
+    /// Connects (failing if Redis cannot be reached now) and starts the tailer.
+    pub async fn connect(config: RedisConfig) -> Result<Self, BrokerError> {
+        let builder = builder(&config)?;
+        let pool = builder.build_pool(config.pool_size.max(1)).map_err(unavailable)?;
+        pool.init().await.map_err(unavailable)?;
+        // The tailer's connection blocks in XREAD; it must never carry other traffic.
+        let reader = builder.build().map_err(unavailable)?;
+        reader.init().await.map_err(unavailable)?;
+        let tailer = tailer::Tailer::start(reader, config.block);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                retention: config.retention,
+                append: Script::from_lua(APPEND_LUA),
+                bounds: Script::from_lua(BOUNDS_LUA),
+                tailer,
+            }),
+        })
+    }
+
+    /// Trim slack: how far past `max_events` a log may grow before it is trimmed back. About 1% (at least 1,
+    /// at most 1,000) keeps the trimming cost amortised to a fraction of an entry per append.
+    fn trim_slack(&self) -> usize {
+        (self.inner.retention.max_events.get() / 100).clamp(1, 1_000)
+    }
+}
+
+async fn read_page(
+    client: &Client,
+    story: &StoryId,
+    after: EventId,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, BrokerError> {
+    let start = format!("({after}");
+    let reply: Value = client.xrange(keys::log(story), start, "+", Some(limit as u64)).await.map_err(unavailable)?;
+    codec::decode_entries(story, reply)
+}
+
+fn parse_duplicate_receipt(story: &StoryId, prior: &str) -> Result<Receipt, BrokerError> {
+    let mut parts = prior.split(' ');
+    let (Some(id), Some(ty), Some(ts), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(BrokerError::Corrupt(format!("idempotency record {prior:?}")));
+    };
+    Ok(Receipt {
+        id: EventId::parse(id).map_err(|e| BrokerError::Corrupt(e.to_string()))?,
+        story: story.clone(),
+        event_type: EventType::parse(ty).map_err(|e| BrokerError::Corrupt(e.to_string()))?,
+        ts: ts.parse().map_err(|_| BrokerError::Corrupt(format!("idempotency record {prior:?}")))?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn append(
+        &self,
+        story: &StoryId,
+        event: NewEvent,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<Appended, BrokerError> {
+        let mut keys = vec![keys::log(story), keys::meta(story)];
+        if let Some(key) = idempotency_key {
+            keys.push(keys::idempotency(story, key));
+        }
+        let window_ms = u64::try_from(self.inner.retention.idempotency_window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut args = vec![
+            self.inner.retention.max_events.get().to_string(),
+            self.trim_slack().to_string(),
+            window_ms.to_string(),
+            format!("{} {}", event.event_type, event.ts),
+        ];
+        args.extend(codec::fields(&event));
+        let (fresh, answer): (i64, String) =
+            self.inner.append.evalsha_with_reload(self.inner.pool.next(), keys, args).await.map_err(unavailable)?;
+        if fresh == 1 {
+            let id = EventId::parse(&answer).map_err(|e| BrokerError::Corrupt(format!("XADD id {answer:?}: {e}")))?;
+            let receipt = Receipt { id, story: story.clone(), event_type: event.event_type, ts: event.ts };
+            Ok(Appended { receipt, duplicate: false })
+        } else {
+            Ok(Appended { receipt: parse_duplicate_receipt(story, &answer)?, duplicate: true })
+        }
+    }
+
+    async fn read_after(
+        &self,
+        story: &StoryId,
+        after: EventId,
+        limit: PageLimit,
+    ) -> Result<Vec<StoredEvent>, BrokerError> {
+        read_page(self.inner.pool.next(), story, after, limit.get()).await
+    }
+
+    fn tail(&self, story: &StoryId, after: EventId) -> EventStream {
+        let client = self.inner.pool.next().clone();
+        self.inner.tailer.tail(client, story.clone(), after).boxed()
+    }
+
+    async fn bounds(&self, story: &StoryId) -> Result<LogBounds, BrokerError> {
+        let (oldest, newest, trimmed): (String, String, String) = self
+            .inner
+            .bounds
+            .evalsha_with_reload(
+                self.inner.pool.next(),
+                vec![keys::log(story), keys::meta(story)],
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let parse = |s: &str| -> Result<Option<EventId>, BrokerError> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                EventId::parse(s).map(Some).map_err(|e| BrokerError::Corrupt(e.to_string()))
+            }
+        };
+        Ok(LogBounds { oldest: parse(&oldest)?, newest: parse(&newest)?, trimmed_through: parse(&trimmed)? })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        self.inner.pool.next().ping::<()>(None).await.map_err(unavailable)
+    }
+}
+
+/// The newest id in a story's log, or `EventId::ZERO` when it is empty: where a new live tail starts.
+pub(crate) async fn head(client: &Client, story: &StoryId) -> Result<EventId, BrokerError> {
+    let reply: Value = client.xrevrange(keys::log(story), "+", "-", Some(1)).await.map_err(unavailable)?;
+    Ok(codec::decode_entries(story, reply)?.first().map_or(EventId::ZERO, |e| e.id))
+}

@@ -1,0 +1,317 @@
+//! One live reader per broker instance: a dedicated connection that reads every story with a local tail in a
+//! single multi-key `XREAD BLOCK`, and fans the entries out to per-story broadcast channels.
+//!
+//! Invariants:
+//! - A story is in the read set exactly while at least one tail holds a [`Registration`] for it; a story with no
+//!   local tail costs nothing.
+//! - Each story has a cursor: the newest id the tailer has published on its channel. The cursor only moves
+//!   forward, and it moves (and the entry is sent) under the same lock a new tail takes to subscribe. So a tail
+//!   that subscribed when the cursor was `C` receives every entry after `C` on its channel, and every entry up to
+//!   `C` was already in Redis when it subscribed, where its `XRANGE` catch-up finds it. Deduplicating by id at
+//!   the seam then gives every event exactly once.
+//! - The cursor is never `$`: a story enters the read set at its concrete newest id, so nothing appended between
+//!   two `XREAD`s is skipped.
+//! - When the read set gains a story, the blocked `XREAD` is interrupted (`CLIENT UNBLOCK ... TIMEOUT`, sent by
+//!   fred on a side connection) so the new story is read at once rather than after the block timeout.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use fred::{
+    prelude::*,
+    types::{ClientUnblockFlag, config::Options},
+};
+use futures::Stream;
+use storyline_core::{BrokerError, EventId, StoredEvent, StoryId};
+use tokio::sync::{Notify, broadcast};
+
+use crate::{codec, keys};
+
+/// Entries buffered per story for tails that are momentarily behind. A tail that falls further behind catches up
+/// from Redis with XRANGE, so this bounds memory, not correctness.
+const CHANNEL_CAPACITY: usize = 1024;
+/// Entries read per story per XREAD.
+const READ_COUNT: u64 = 512;
+/// Entries read per XRANGE page while a tail catches up.
+const CATCH_UP_PAGE: usize = 512;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Tailer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    reader: Client,
+    stories: Mutex<HashMap<StoryId, StoryFeed>>,
+    /// Bumped whenever a story joins the read set.
+    wanted_generation: AtomicU64,
+    /// The generation the read loop's current XREAD was built from.
+    reading_generation: AtomicU64,
+    /// Wakes the read loop when it idles with an empty read set, and when the broker is dropped.
+    joined: Arc<Notify>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.joined.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct StoryFeed {
+    cursor: EventId,
+    tx: broadcast::Sender<Arc<StoredEvent>>,
+    tails: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps a story in the read set while alive.
+#[derive(Debug)]
+struct Registration {
+    shared: Arc<Shared>,
+    story: StoryId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut stories = lock(&self.shared.stories);
+        if let Some(feed) = stories.get_mut(&self.story) {
+            feed.tails -= 1;
+            if feed.tails == 0 {
+                stories.remove(&self.story);
+            }
+        }
+    }
+}
+
+impl Tailer {
+    pub(crate) fn start(reader: Client, block: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            reader,
+            stories: Mutex::default(),
+            wanted_generation: AtomicU64::new(0),
+            reading_generation: AtomicU64::new(0),
+            joined: Arc::new(Notify::new()),
+        });
+        tokio::spawn(read_loop(Arc::downgrade(&shared), block));
+        Self { shared }
+    }
+
+    /// Joins `story` to the read set (at its current newest id if it is new) and subscribes to its channel.
+    async fn register(
+        &self,
+        client: &Client,
+        story: &StoryId,
+    ) -> Result<(Registration, broadcast::Receiver<Arc<StoredEvent>>), BrokerError> {
+        if let Some(found) = self.subscribe_existing(story) {
+            return Ok(found);
+        }
+        let head = crate::head(client, story).await?;
+        let (registration, rx, joined) = {
+            let mut stories = lock(&self.shared.stories);
+            let mut joined = false;
+            let feed = stories.entry(story.clone()).or_insert_with(|| {
+                joined = true;
+                StoryFeed { cursor: head, tx: broadcast::channel(CHANNEL_CAPACITY).0, tails: 0 }
+            });
+            feed.tails += 1;
+            let rx = feed.tx.subscribe();
+            (Registration { shared: Arc::clone(&self.shared), story: story.clone() }, rx, joined)
+        };
+        if joined {
+            let generation = self.shared.wanted_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared.joined.notify_one();
+            tokio::spawn(interrupt_until_seen(Arc::clone(&self.shared), generation));
+        }
+        Ok((registration, rx))
+    }
+
+    fn subscribe_existing(&self, story: &StoryId) -> Option<(Registration, broadcast::Receiver<Arc<StoredEvent>>)> {
+        let mut stories = lock(&self.shared.stories);
+        let feed = stories.get_mut(story)?;
+        feed.tails += 1;
+        Some((Registration { shared: Arc::clone(&self.shared), story: story.clone() }, feed.tx.subscribe()))
+    }
+
+    /// Every event after `after`: the backlog through `client`, then live entries from the read loop.
+    pub(crate) fn tail(
+        &self,
+        client: Client,
+        story: StoryId,
+        after: EventId,
+    ) -> impl Stream<Item = Result<StoredEvent, BrokerError>> + Send + 'static {
+        let tailer = self.clone();
+        async_stream_like(move |yielder| async move {
+            let (_registration, mut rx) = match tailer.register(&client, &story).await {
+                Ok(r) => r,
+                Err(e) => return yielder.send(Err(e)).await,
+            };
+            let mut last = after;
+            // Catch up from the log: everything after `last` up to the current head.
+            if let Err(e) = catch_up(&client, &story, &mut last, &yielder).await {
+                return yielder.send(Err(e)).await;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(event) => {
+                        if event.id > last {
+                            last = event.id;
+                            if !yielder.send(Ok(StoredEvent::clone(&event))).await {
+                                return true;
+                            }
+                        }
+                    }
+                    // Fell behind the channel: the missed entries are in Redis.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(e) = catch_up(&client, &story, &mut last, &yielder).await {
+                            return yielder.send(Err(e)).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return yielder.send(Err(BrokerError::Unavailable("tailer stopped".into()))).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Pages through the log after `*last` until it is exhausted, yielding each event.
+async fn catch_up(client: &Client, story: &StoryId, last: &mut EventId, yielder: &Yielder) -> Result<(), BrokerError> {
+    loop {
+        let page = crate::read_page(client, story, *last, CATCH_UP_PAGE).await?;
+        let done = page.len() < CATCH_UP_PAGE;
+        for event in page {
+            *last = event.id;
+            if !yielder.send(Ok(event)).await {
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Interrupts the blocked XREAD until the read loop has picked up `generation`. Unblocking can race with the loop
+/// sending its next XREAD (then there is nothing to unblock yet), so retry briefly; the block timeout is the
+/// backstop.
+async fn interrupt_until_seen(shared: Arc<Shared>, generation: u64) {
+    for _ in 0..200 {
+        if shared.reading_generation.load(Ordering::SeqCst) >= generation {
+            return;
+        }
+        let _ = shared.reader.unblock_self(Some(ClientUnblockFlag::Timeout)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn read_loop(shared: std::sync::Weak<Shared>, block: Duration) {
+    let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+    let options = Options { timeout: Some(block + Duration::from_secs(10)), ..Default::default() };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(shared) = shared.upgrade() else { return };
+        let wake = Arc::clone(&shared.joined);
+        let joined = wake.notified();
+        tokio::pin!(joined);
+        joined.as_mut().enable();
+        let generation = shared.wanted_generation.load(Ordering::SeqCst);
+        let (keys, ids): (Vec<String>, Vec<String>) = {
+            let stories = lock(&shared.stories);
+            stories.iter().map(|(story, feed)| (keys::log(story), feed.cursor.to_string())).unzip()
+        };
+        shared.reading_generation.store(generation, Ordering::SeqCst);
+        if keys.is_empty() {
+            drop(shared);
+            joined.await;
+            continue;
+        }
+        let reply: Result<Value, _> =
+            shared.reader.with_options(&options).xread(Some(READ_COUNT), Some(block_ms), keys, ids).await;
+        match reply {
+            Ok(reply) => {
+                backoff = Duration::from_millis(50);
+                publish(&shared, reply);
+            }
+            Err(e) if e.kind() == &fred::error::ErrorKind::Canceled => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "redis tail read failed; retrying");
+                drop(shared);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Publishes an XREAD reply (`[[key, [[id, fields], ...]], ...]`, or nil on timeout) to the story channels.
+fn publish(shared: &Shared, reply: Value) {
+    if reply.is_null() {
+        return;
+    }
+    for stream in reply.into_array() {
+        let mut parts = stream.into_array().into_iter();
+        let (Some(key), Some(entries)) = (parts.next(), parts.next()) else { continue };
+        let Some(story) = key.as_str().and_then(|k| keys::story_of_log(&k)) else { continue };
+        let mut stories = lock(&shared.stories);
+        let Some(feed) = stories.get_mut(&story) else { continue };
+        for entry in entries.into_array() {
+            match codec::decode_entry(&story, entry) {
+                Ok(event) if event.id > feed.cursor => {
+                    feed.cursor = event.id;
+                    let _ = feed.tx.send(Arc::new(event));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(story = %story, error = %e, "undecodable stream entry skipped"),
+            }
+        }
+    }
+}
+
+// --- a minimal generator: a task-free stream fed by an async closure through a rendezvous channel ---
+
+/// Sends items from a producer future to the stream returned by [`async_stream_like`].
+#[derive(Debug)]
+pub(crate) struct Yielder(tokio::sync::mpsc::Sender<Result<StoredEvent, BrokerError>>);
+
+impl Yielder {
+    /// Returns `false` when the consumer has gone away.
+    async fn send(&self, item: Result<StoredEvent, BrokerError>) -> bool {
+        self.0.send(item).await.is_ok()
+    }
+}
+
+fn async_stream_like<F, Fut>(producer: F) -> impl Stream<Item = Result<StoredEvent, BrokerError>> + Send + 'static
+where
+    F: FnOnce(Yielder) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(producer(Yielder(tx)));
+    let abort = AbortOnDrop(task.abort_handle());
+    futures::stream::unfold(
+        (rx, abort),
+        |(mut rx, abort)| async move { rx.recv().await.map(|item| (item, (rx, abort))) },
+    )
+}
+
+/// Stops the producer task when the consumer drops the stream.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,185 @@
+//! The broker port: the durable, ordered, per-story event log that the HTTP surface talks to.
+//!
+//! # What every adapter guarantees
+//!
+//! 1. **Ids.** [`Broker::append`] assigns each event an [`EventId`] strictly greater than every id previously
+//!    assigned in that story (Redis Streams semantics: `<ms>-<seq>`, `ms` never going backwards). An id is never
+//!    reused, even after the event is trimmed.
+//! 2. **Durability of the answer.** `append` returns `Ok` only once the event is in the log; every later read sees
+//!    it until retention trims it.
+//! 3. **Idempotency.** With an [`IdempotencyKey`], the first append within the idempotency window stores the
+//!    event; every later append with the same key on the same story, within the window, stores nothing and returns
+//!    the first append's [`Receipt`] with `duplicate: true`. Check and append are one atomic step: two concurrent
+//!    appends with one key store one event.
+//! 4. **Order.** [`Broker::read_after`] and [`Broker::tail`] yield events with ids strictly greater than the given
+//!    id, in id order, each exactly once.
+//! 5. **Tail.** [`Broker::tail`] first yields what is already in the log after the id, then waits for and yields
+//!    new events as they are appended: no gap and no duplicate at the seam. It ends only by yielding an error
+//!    (the broker became unreachable); the caller resumes with a new tail after the last id it received.
+//! 6. **Retention.** Each story keeps about [`Retention::max_events`] events (Redis trims approximately, so a few
+//!    more may remain; never fewer). [`Broker::bounds`] reports the oldest retained id and the newest id trimmed
+//!    away, so a reader can tell a resume point that fell out of the log (a gap) from one that did not.
+//! 7. **Failure.** Every operation either completes or fails with [`BrokerError::Unavailable`] within the
+//!    adapter's configured timeout; none hangs.
+
+use std::{fmt, num::NonZeroUsize, time::Duration};
+
+use futures::stream::BoxStream;
+
+use crate::{EventId, IdempotencyKey, NewEvent, Receipt, StoredEvent, StoryId};
+
+/// Default and maximum page sizes for [`Broker::read_after`].
+pub const DEFAULT_PAGE_LIMIT: usize = 100;
+pub const MAX_PAGE_LIMIT: usize = 1000;
+
+/// A page size in `1..=MAX_PAGE_LIMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(NonZeroUsize);
+
+impl PageLimit {
+    pub fn new(n: usize) -> Option<Self> {
+        if n > MAX_PAGE_LIMIT {
+            return None;
+        }
+        NonZeroUsize::new(n).map(Self)
+    }
+
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+}
+
+impl Default for PageLimit {
+    fn default() -> Self {
+        Self(NonZeroUsize::new(DEFAULT_PAGE_LIMIT).unwrap_or(NonZeroUsize::MIN))
+    }
+}
+
+/// How much history each story keeps, and for how long idempotency keys are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Events kept per story (approximate in Redis: trimming happens in whole nodes, never below this).
+    pub max_events: NonZeroUsize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_events: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            idempotency_window: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub receipt: Receipt,
+    /// `true` when an earlier append with the same idempotency key is being answered and nothing was stored.
+    pub duplicate: bool,
+}
+
+/// What a story's log currently holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogBounds {
+    /// The oldest event still retained, if any.
+    pub oldest: Option<EventId>,
+    /// The newest event in the log, if any: where a live-only subscription starts.
+    pub newest: Option<EventId>,
+    /// The newest id ever removed from the log by retention, if any.
+    pub trimmed_through: Option<EventId>,
+}
+
+impl LogBounds {
+    /// If resuming after `resume` would silently skip trimmed events, the id of the first event that will be
+    /// delivered instead (or the last trimmed id when nothing is retained). `None` means resuming is exact.
+    ///
+    /// `EventId::ZERO` ("from the oldest retained event") never reports a gap: the client asked for what is kept.
+    pub fn gap_for(&self, resume: EventId) -> Option<EventId> {
+        if resume.is_zero() {
+            return None;
+        }
+        let trimmed = self.trimmed_through?;
+        (resume < trimmed).then(|| self.oldest.unwrap_or(trimmed))
+    }
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store could not be reached or did not answer in time. Retrying later may succeed.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The story's log cannot take another id (the sequence within a millisecond overflowed).
+    #[error("story log is full: no further ids can be assigned")]
+    IdSpaceExhausted,
+    /// The store answered with something this adapter cannot interpret; a bug or a foreign writer.
+    #[error("broker returned corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// Events after a position, as they are appended. See [`Broker::tail`].
+pub type EventStream = BoxStream<'static, Result<StoredEvent, BrokerError>>;
+
+/// The durable per-story event log. See the module docs for the guarantees every implementation owes.
+#[async_trait::async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// A short, stable name for logs (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// Appends an event, or answers an earlier append with the same idempotency key.
+    async fn append(
+        &self,
+        story: &StoryId,
+        event: NewEvent,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<Appended, BrokerError>;
+
+    /// Up to `limit` events with ids greater than `after`, oldest first.
+    async fn read_after(
+        &self,
+        story: &StoryId,
+        after: EventId,
+        limit: PageLimit,
+    ) -> Result<Vec<StoredEvent>, BrokerError>;
+
+    /// Every event after `after`: the retained backlog first, then new events as they are appended.
+    fn tail(&self, story: &StoryId, after: EventId) -> EventStream;
+
+    /// The retained range of a story's log (all `None` for a story that never had an event).
+    async fn bounds(&self, story: &StoryId) -> Result<LogBounds, BrokerError>;
+
+    /// Succeeds when the broker can serve requests now (readiness).
+    async fn ping(&self) -> Result<(), BrokerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_limit_is_one_to_a_thousand() {
+        assert_eq!(PageLimit::new(0), None);
+        assert_eq!(PageLimit::new(1).map(PageLimit::get), Some(1));
+        assert_eq!(PageLimit::new(1000).map(PageLimit::get), Some(1000));
+        assert_eq!(PageLimit::new(1001), None);
+    }
+
+    #[test]
+    fn a_gap_is_reported_only_when_trimmed_events_lie_after_the_resume_point() {
+        let bounds = LogBounds {
+            oldest: Some(EventId::new(10, 0)),
+            newest: Some(EventId::new(12, 0)),
+            trimmed_through: Some(EventId::new(9, 3)),
+        };
+        assert_eq!(bounds.gap_for(EventId::new(9, 2)), Some(EventId::new(10, 0)), "event 9-3 was trimmed");
+        assert_eq!(bounds.gap_for(EventId::new(9, 3)), None, "resuming right after the last trimmed event");
+        assert_eq!(bounds.gap_for(EventId::new(12, 0)), None);
+        assert_eq!(bounds.gap_for(EventId::ZERO), None, "0 means from the oldest retained");
+        assert_eq!(LogBounds::default().gap_for(EventId::new(1, 0)), None, "nothing ever trimmed");
+        let all_trimmed = LogBounds { oldest: None, newest: None, trimmed_through: Some(EventId::new(9, 3)) };
+        assert_eq!(all_trimmed.gap_for(EventId::new(1, 0)), Some(EventId::new(9, 3)));
+    }
+}

@@ -1,0 +1,26 @@
+//! storyline's domain: the types every other crate speaks, and the broker port.
+//!
+//! This crate does no I/O and knows no runtime, web framework or Redis client. The dependency arrow in the
+//! workspace always points here:
+//!
+//! - [`StoryId`], [`EventType`], [`EventId`], [`IdempotencyKey`]: newtypes whose only constructors parse, so a
+//!   value that exists is valid (no CR/LF/NUL can reach an SSE frame or a Redis key through them).
+//! - [`EventData`], [`NewEvent`], [`StoredEvent`], [`Envelope`]: what a writer sends, what a broker stores (the
+//!   envelope plus metadata readers never see), and what readers receive.
+//! - [`Broker`]: the port that the Redis and in-memory adapters implement; its docs are the contract.
+
+mod broker;
+mod envelope;
+mod event_id;
+mod event_type;
+mod idempotency;
+mod story_id;
+
+pub use broker::{
+    Appended, Broker, BrokerError, DEFAULT_PAGE_LIMIT, EventStream, LogBounds, MAX_PAGE_LIMIT, PageLimit, Retention,
+};
+pub use envelope::{Envelope, EventData, EventDataError, Metadata, NewEvent, Receipt, StoredEvent};
+pub use event_id::{EventId, EventIdError};
+pub use event_type::{EventType, EventTypeError, MAX_EVENT_TYPE_LEN};
+pub use idempotency::{IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
+pub use story_id::{MAX_STORY_ID_LEN, StoryId, StoryIdError};

@@ -1,0 +1,47 @@
+//! What the HTTP surface needs to run. The binary builds this from defaults, a TOML file and `STORYLINE_*`
+//! variables; tests build it directly.
+
+use std::time::Duration;
+
+use crate::auth::JwtSecret;
+
+/// Settings of the HTTP/SSE surface.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Verifies (and, for `storyline token`, signs) HS256 tokens.
+    pub jwt_secret: JwtSecret,
+    /// Interval between heartbeat comments on idle streams.
+    pub heartbeat: Duration,
+    /// Base of the `retry:` hint sent first on every stream; each connection gets this plus up to 50% jitter so a
+    /// mass reconnect spreads out.
+    pub retry_base: Duration,
+    /// Origins allowed to call the API from browsers. Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    /// Maximum POST body size in bytes.
+    pub body_limit_bytes: usize,
+    /// Upper bound on one broker call made while answering a request; past it the request gets 503.
+    pub broker_timeout: Duration,
+    /// Seconds a client is told to wait (`Retry-After`) when the broker is unavailable.
+    pub retry_after_secs: u32,
+    /// How long in-flight requests get to finish at shutdown (streams end at once, at a frame boundary).
+    pub shutdown_grace: Duration,
+    /// Worker threads; `None` means one per physical core.
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Defaults, with the given secret.
+    pub fn new(jwt_secret: JwtSecret) -> Self {
+        Self {
+            jwt_secret,
+            heartbeat: Duration::from_secs(15),
+            retry_base: Duration::from_millis(2_000),
+            cors_origins: Vec::new(),
+            body_limit_bytes: 64 * 1024,
+            broker_timeout: Duration::from_secs(3),
+            retry_after_secs: 2,
+            shutdown_grace: Duration::from_secs(10),
+            workers: None,
+        }
+    }
+}

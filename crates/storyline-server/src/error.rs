@@ -1,0 +1,181 @@
+//! The one error type of the HTTP edge, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Client faults say precisely what was wrong. Server faults say "internal" or "unavailable" and log the cause.
+
+use actix_web::{
+    HttpResponse, ResponseError,
+    http::{StatusCode, header},
+};
+use serde::Serialize;
+use storyline_core::{BrokerError, EventIdError, EventTypeError, IdempotencyKeyError, StoryIdError};
+
+/// A problem+json body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`urn:storyline:problem:<slug>`).
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What was wrong with this request.
+    pub detail: String,
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid story id: {0}")]
+    BadStoryId(#[from] StoryIdError),
+    #[error("invalid event id {value:?}: {source}")]
+    BadEventId { value: String, source: EventIdError },
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("{0}")]
+    BadIdempotencyKey(#[from] IdempotencyKeyError),
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    #[error("invalid event type: {0}")]
+    BadEventType(#[from] EventTypeError),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the event broker is unavailable; retry later")]
+    Unavailable { retry_after_secs: u32, cause: String },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::BadStoryId(_) => "bad-story-id",
+            Self::BadEventId { .. } => "bad-event-id",
+            Self::BadQuery(_) => "bad-query",
+            Self::BadIdempotencyKey(_) => "bad-idempotency-key",
+            Self::MalformedJson(_) => "malformed-json",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::BodyTooLarge { .. } => "body-too-large",
+            Self::InvalidEvent(_) | Self::BadEventType(_) => "invalid-event",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::BadStoryId(_) => "Invalid story id",
+            Self::BadEventId { .. } => "Invalid event id",
+            Self::BadQuery(_) => "Invalid query parameter",
+            Self::BadIdempotencyKey(_) => "Invalid Idempotency-Key",
+            Self::MalformedJson(_) => "Malformed JSON",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::BodyTooLarge { .. } => "Request body too large",
+            Self::InvalidEvent(_) | Self::BadEventType(_) => "Invalid event",
+            Self::Unauthenticated(_) => "Authentication required",
+            Self::Forbidden(_) => "Forbidden",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Unavailable { .. } => "Service unavailable",
+            Self::Internal(_) => "Internal error",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let detail = match self {
+            // Never echo causes of server faults to clients.
+            Self::Unavailable { .. } | Self::Internal(_) => self.title().to_owned() + ": retry later",
+            other => other.to_string(),
+        };
+        Problem {
+            problem_type: format!("urn:storyline:problem:{}", self.slug()),
+            title: self.title().to_owned(),
+            status: self.status_code().as_u16(),
+            detail,
+        }
+    }
+
+    pub(crate) fn broker(e: BrokerError, retry_after_secs: u32) -> Self {
+        match e {
+            BrokerError::Unavailable(cause) => Self::Unavailable { retry_after_secs, cause },
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadStoryId(_)
+            | Self::BadEventId { .. }
+            | Self::BadQuery(_)
+            | Self::BadIdempotencyKey(_)
+            | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidEvent(_) | Self::BadEventType(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Unavailable { cause, .. } => tracing::warn!(error = %cause, "broker unavailable"),
+            Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+            _ => {}
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        match self {
+            Self::Unauthenticated(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"storyline\""));
+            }
+            Self::Unavailable { retry_after_secs, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            _ => {}
+        }
+        response.body(serde_json::to_string(&self.problem()).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_do_not_leak_their_cause() {
+        let e = ApiError::Internal("password=hunter2 at redis://x".into());
+        assert!(!e.problem().detail.contains("hunter2"));
+        let e = ApiError::Unavailable { retry_after_secs: 1, cause: "redis://secret".into() };
+        assert!(!e.problem().detail.contains("secret"));
+    }
+
+    #[test]
+    fn client_faults_carry_the_limit() {
+        let e = ApiError::BodyTooLarge { limit: 65536 };
+        assert_eq!(e.problem().status, 413);
+        assert!(e.problem().detail.contains("65536"));
+    }
+}

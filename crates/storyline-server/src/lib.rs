@@ -1,0 +1,23 @@
+//! storyline's HTTP surface: POST ingress, SSE streams with `Last-Event-ID` resume, history pages, health,
+//! metrics and the OpenAPI document, on actix-web.
+//!
+//! Layout:
+//! - [`startup`]: the one function that builds the running server, used by `main` and by every integration test.
+//! - [`config`]: what the surface needs to know ([`ServerConfig`]); the binary fills it from files and env.
+//! - `routes/`: one module per endpoint. `error`: the only `ResponseError`, rendered as RFC 9457 problem+json.
+//! - [`auth`]: JWT verification, scopes and the typed [`auth::Principal`] that handlers take as an argument.
+//! - [`openapi`]: the OpenAPI document generated from the handlers.
+//!
+//! This crate depends on the broker *port* (`Arc<dyn Broker>`), never on an adapter.
+
+pub mod auth;
+pub mod config;
+mod error;
+mod meters;
+pub mod openapi;
+mod routes;
+pub mod startup;
+
+pub use config::ServerConfig;
+pub use error::{ApiError, Problem};
+pub use startup::{Application, Shutdown};

@@ -1,0 +1,44 @@
+//! Liveness, readiness, metrics and the OpenAPI document. None of these needs a token.
+
+use actix_web::{HttpResponse, get, web};
+use utoipa::OpenApi;
+
+use crate::{error::ApiError, openapi::ApiDoc, startup::AppState};
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
+#[get("/healthz")]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok")
+}
+
+/// Readiness: 200 when the broker answers and the instance is not shutting down, else 503.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "Broker unreachable or shutting down", body = crate::Problem, content_type = "application/problem+json"),
+))]
+#[get("/readyz")]
+pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Unavailable {
+            retry_after_secs: state.config.retry_after_secs,
+            cause: "shutting down".into(),
+        });
+    }
+    super::with_broker(state.config.broker_timeout, state.config.retry_after_secs, state.broker.ping()).await?;
+    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ready"))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+#[get("/metrics")]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
+}
+
+/// This API's OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json")))]
+#[get("/openapi.json")]
+pub(crate) async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(ApiDoc::openapi().to_json().unwrap_or_default())
+}

@@ -1,0 +1,159 @@
+//! `POST /v1/stories/{story}/events`: append an event to a story.
+//!
+//! Checks run cheapest first and nothing is appended unless all pass: token (401), story id (400), scope (403),
+//! `Idempotency-Key` (400), media type (415), size (413, before reading a declared-too-large body), JSON syntax
+//! (400), shape and event type (422). The answer (201, or 200 for an idempotent replay) is sent only after the
+//! broker holds the event.
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, http::header, post, web};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use storyline_core::{EventData, EventType, IdempotencyKey, Metadata, NewEvent};
+
+use crate::{
+    auth::Principal,
+    error::ApiError,
+    meters,
+    openapi::{PublishRequest, ReceiptBody},
+    startup::AppState,
+};
+
+/// The request body. Unknown fields are rejected so that typos (`"dta"`) are not silently dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Publish an event to a story.
+#[utoipa::path(
+    post,
+    path = "/v1/stories/{story}/events",
+    tag = "events",
+    params(
+        ("story" = String, Path, description = "Story id: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1..128 visible ASCII characters. Within the idempotency window (default 24 h), a repeat on the same story returns 200 with the first event's receipt and appends nothing."),
+    ),
+    request_body(content = PublishRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Appended", body = ReceiptBody),
+        (status = 200, description = "Already appended with this Idempotency-Key; nothing new was stored", body = ReceiptBody),
+        (status = 400, description = "Bad story id, Idempotency-Key or malformed JSON", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks write scope for this story", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than the limit", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is JSON but not a valid event (shape, or event type invalid or reserved)", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Broker unavailable; see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("access_token" = []), ("cookie" = []))
+)]
+#[post("/v1/stories/{story}/events")]
+pub(crate) async fn publish(
+    req: HttpRequest,
+    principal: Principal,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let story = super::story_from_path(&path)?;
+    principal.require_write(&story)?;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        Some(v) => Some(IdempotencyKey::parse(v.to_str().unwrap_or("\u{0}"))?),
+        None => None,
+    };
+    require_json(&req)?;
+    let body = read_limited(&req, payload, state.config.body_limit_bytes).await?;
+    let (event_type, data) = parse_body(&body)?;
+
+    let event =
+        NewEvent { event_type, data, author: principal.sub.clone(), ts: super::now_ms(), meta: Metadata::new() };
+    let appended = super::with_broker(
+        state.config.broker_timeout,
+        state.config.retry_after_secs,
+        state.broker.append(&story, event, idempotency_key.as_ref()),
+    )
+    .await?;
+
+    let receipt = appended.receipt;
+    if appended.duplicate {
+        meters::counter(meters::IDEMPOTENT_REPLAYS);
+        Ok(HttpResponse::Ok().json(receipt))
+    } else {
+        meters::event_published(principal.tier);
+        Ok(HttpResponse::Created().json(receipt))
+    }
+}
+
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let is_json = matches!(
+        req.mime_type(),
+        Ok(Some(m)) if m.type_() == mime::APPLICATION && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+    );
+    if is_json { Ok(()) } else { Err(ApiError::UnsupportedMediaType) }
+}
+
+/// Reads the body, refusing (without reading further) anything over `limit` bytes.
+async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Syntax errors are 400; valid JSON that is not an event is 422.
+fn parse_body(body: &[u8]) -> Result<(EventType, EventData), ApiError> {
+    let parsed: Body<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::InvalidEvent(format!("expected {{\"type\": string, \"data\": any JSON}}: {e}"))
+        }
+        _ => ApiError::MalformedJson(e.to_string()),
+    })?;
+    let event_type = EventType::parse(&parsed.event_type)?;
+    Ok((event_type, EventData::from_raw(parsed.data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_are_classified_as_the_contract_says() {
+        let cases: &[(&str, u16)] = &[
+            ("{", 400),
+            ("not json", 400),
+            ("{\"type\":\"a\",\"data\":1} trailing", 400),
+            ("[]", 422),
+            ("{\"type\":\"a\"}", 422),
+            ("{\"data\":1}", 422),
+            ("{\"type\":1,\"data\":1}", 422),
+            ("{\"type\":\"a\",\"data\":1,\"extra\":1}", 422),
+            ("{\"type\":\"Bad\",\"data\":1}", 422),
+            ("{\"type\":\"gap\",\"data\":1}", 422),
+        ];
+        for (body, status) in cases {
+            let got = parse_body(body.as_bytes()).err().map(|e| actix_web::ResponseError::status_code(&e).as_u16());
+            assert_eq!(got, Some(*status), "case {body:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_strings_in_type_are_parsed_before_validation() {
+        assert!(parse_body(br#"{"type":"ch\u0061pter","data":null}"#).is_ok());
+        assert!(parse_body(br#"{"type":"a\nid: 1","data":null}"#).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Building and running the server. [`Application::build`] is the only way to make one: `main` uses it, and so
+//! does every integration test (binding port 0 and reading back the real port).
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    sync::Arc,
+    time::Instant,
+};
+
+use actix_cors::Cors;
+use actix_web::{
+    App, Error, HttpRequest, HttpServer,
+    body::MessageBody,
+    dev::{ResourceDef, Server, ServerHandle, ServiceRequest, ServiceResponse},
+    http::{Method, header},
+    middleware::{Condition, DefaultHeaders, Next, from_fn},
+    web,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use storyline_core::Broker;
+use tokio_util::sync::CancellationToken;
+
+use crate::{auth::JwtKeys, config::ServerConfig, error::ApiError, meters, routes};
+
+/// Shared by every worker.
+#[derive(Debug)]
+pub struct AppState {
+    pub broker: Arc<dyn Broker>,
+    pub config: ServerConfig,
+    pub shutdown: Shutdown,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+/// The drain signal: once triggered, readiness fails, new streams are refused and open streams end at the next
+/// frame boundary.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(CancellationToken);
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    pub async fn drained(&self) {
+        self.0.cancelled().await;
+    }
+}
+
+/// A built, not yet running, server.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+}
+
+/// Route templates, used to tell "wrong method" (405) from "no such resource" (404).
+const ROUTES: &[(&str, &str)] = &[
+    ("/v1/stories/{story}/events", "GET, POST"),
+    ("/v1/stories/{story}/stream", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+    ("/openapi.json", "GET"),
+];
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds the server on an already bound listener (port 0 in tests). Signals are not handled here: the
+    /// caller decides when to [`Application::stop`].
+    pub fn build(config: ServerConfig, broker: Arc<dyn Broker>, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shutdown = Shutdown::default();
+        let keys = web::Data::new(JwtKeys::new(&config.jwt_secret));
+        let workers = config.workers;
+        let grace = config.shutdown_grace;
+        let state = web::Data::new(AppState { broker, config, shutdown: shutdown.clone(), metrics: meters::handle() });
+
+        let mut server = HttpServer::new(move || {
+            let cors_origins = &state.config.cors_origins;
+            App::new()
+                .app_data(state.clone())
+                .app_data(keys.clone())
+                .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
+                .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
+                .wrap(Condition::new(!cors_origins.is_empty(), cors(cors_origins)))
+                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
+                .wrap(from_fn(access_log))
+                .service(routes::publish::publish)
+                .service(routes::history::history)
+                .service(routes::stream::stream)
+                .service(routes::health::healthz)
+                .service(routes::health::readyz)
+                .service(routes::health::metrics)
+                .service(routes::health::openapi)
+                .default_service(web::to(fallback))
+        })
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs().max(1));
+        if let Some(n) = workers {
+            server = server.workers(n.max(1));
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Self { server, addr, shutdown })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Runs until stopped.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Graceful stop: drain streams, refuse new work, let in-flight requests finish within the grace period.
+pub async fn stop(shutdown: &Shutdown, handle: &ServerHandle) {
+    shutdown.trigger();
+    handle.stop(true).await;
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods([Method::GET, Method::POST])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::CACHE_CONTROL])
+        .allowed_header("last-event-id")
+        .allowed_header("idempotency-key")
+        .expose_headers([header::RETRY_AFTER])
+        .supports_credentials()
+        .max_age(3600)
+        // Answer without CORS headers rather than 400: the browser enforces the policy, and same-origin or
+        // non-browser callers must not be broken by an Origin header.
+        .block_on_origin_mismatch(false);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
+
+/// 405 with `Allow` for known paths, 404 otherwise; always problem+json.
+async fn fallback(req: HttpRequest) -> actix_web::HttpResponse {
+    let allow = ROUTES.iter().find(|(pattern, _)| ResourceDef::new(*pattern).is_match(req.path())).map(|(_, a)| *a);
+    match allow {
+        Some(allow) => {
+            let mut res = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
+            if let Ok(value) = header::HeaderValue::from_str(allow) {
+                res.headers_mut().insert(header::ALLOW, value);
+            }
+            res
+        }
+        None => actix_web::ResponseError::error_response(&ApiError::NotFound),
+    }
+}
+
+/// One log line and one metric sample per request. Logs the path only: query strings can carry tokens.
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let res = next.call(req).await?;
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    if route != "/v1/stories/{story}/stream" {
+        meters::http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
+    }
+    tracing::info!(target: "storyline::access", %method, %path, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    Ok(res)
+}

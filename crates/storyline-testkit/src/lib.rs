@@ -1,0 +1,38 @@
+//! Dev-only test kit for storyline.
+//!
+//! - [`RedisServer`]: a throwaway `redis-server` on a free port, killed on drop. Never the system Redis.
+//! - [`poll_until`]: wait for a condition with a deadline instead of sleeping and hoping.
+//! - [`conformance`]: the broker contract suite; each adapter's `tests/` runs every case against itself.
+//!
+//! A failed expectation here is a test failure, so panicking with a clear message is the intended behaviour.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod conformance;
+mod redis_server;
+
+use std::{future::Future, time::Duration};
+
+pub use redis_server::RedisServer;
+
+/// Default deadline for [`poll_until`]: generous, because CI machines are slow and shared.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Calls `check` until it returns `Some`, or panics with `what` once `deadline` has passed.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

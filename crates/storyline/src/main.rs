@@ -1,0 +1,239 @@
+//! The `storyline` binary: the one place that reads configuration and picks the broker adapter.
+//!
+//! - `storyline serve`: run the service (memory broker unless a Redis URL is configured).
+//! - `storyline token`: mint a JWT with the configured secret.
+//! - `storyline openapi`: print the OpenAPI document.
+//! - `storyline config`: print the effective configuration (secrets redacted).
+
+mod settings;
+
+use std::{net::TcpListener, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use settings::{LogFormat, Settings};
+use storyline_broker_memory::MemoryBroker;
+use storyline_broker_redis::{RedisBroker, RedisConfig};
+use storyline_core::Broker;
+use storyline_server::{
+    Application, ServerConfig,
+    auth::{JwtKeys, JwtSecret, Tier},
+    startup,
+};
+
+/// Exit status for bad configuration (EX_USAGE / EX_CONFIG family).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "storyline", version, about = "Real-time story streams: HTTP ingress, SSE fan-out, Redis Streams log")]
+struct Cli {
+    /// TOML configuration file. STORYLINE_* environment variables override it.
+    #[arg(long, global = true, env = "STORYLINE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// Listen address host:port (overrides STORYLINE_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Redis URL (overrides STORYLINE_REDIS_URL); without one the in-memory broker is used.
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
+    /// Mint a JWT signed with the configured secret (STORYLINE_JWT_SECRET).
+    Token {
+        /// The subject (`sub`): who is writing or reading.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "read:* write:public:*".
+        #[arg(long, default_value = "read:*")]
+        scope: String,
+        /// guest, member, agent or admin.
+        #[arg(long)]
+        tier: Option<Tier>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Print the effective configuration as TOML (secrets redacted).
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("storyline: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { listen, redis_url } => {
+            let mut settings = settings;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            if redis_url.is_some() {
+                settings.redis_url = redis_url;
+            }
+            if let Err(e) = settings.listen_addr() {
+                eprintln!("storyline: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            serve(settings)
+        }
+        Command::Token { sub, scope, tier, ttl_secs } => token(&settings, &sub, &scope, tier, ttl_secs),
+        Command::Openapi => write_stdout(&storyline_server::openapi::pretty_json()),
+        Command::Config => write_stdout(&settings.to_toml_redacted()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storyline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn token(settings: &Settings, sub: &str, scope: &str, tier: Option<Tier>, ttl_secs: u64) -> anyhow::Result<()> {
+    let secret = settings
+        .jwt_secret
+        .as_deref()
+        .context("no JWT secret configured: set STORYLINE_JWT_SECRET (or jwt_secret in the config file)")?;
+    let keys = JwtKeys::new(&JwtSecret::new(secret));
+    let token = keys.mint(sub, scope, tier, Duration::from_secs(ttl_secs)).map_err(anyhow::Error::msg)?;
+    write_stdout(&format!("{token}\n"))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match format {
+        LogFormat::Json => fmt().json().with_env_filter(filter).with_current_span(false).init(),
+        LogFormat::Text => fmt().with_env_filter(filter).init(),
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (secret, ephemeral) = match &settings.jwt_secret {
+        Some(s) => (JwtSecret::new(s.as_bytes()), false),
+        None => (ephemeral_secret()?, true),
+    };
+    let broker: Arc<dyn Broker> = match &settings.redis_url {
+        Some(url) => {
+            let config = RedisConfig {
+                retention: settings.retention(),
+                command_timeout: Duration::from_millis(settings.broker_timeout_ms),
+                ..RedisConfig::new(url)
+            };
+            let broker = RedisBroker::connect(config)
+                .await
+                .with_context(|| format!("could not connect to Redis at {}", settings::redact_url(url)))?;
+            tracing::info!(broker = "redis", url = %settings::redact_url(url), "broker selected");
+            Arc::new(broker)
+        }
+        None => {
+            tracing::info!(broker = "memory", "broker selected (in-memory: events are not persisted or shared)");
+            Arc::new(MemoryBroker::new(settings.retention()))
+        }
+    };
+
+    let addr = settings.listen_addr()?;
+    let listener = TcpListener::bind(addr).with_context(|| format!("could not listen on {addr}"))?;
+    let config = ServerConfig {
+        heartbeat: Duration::from_secs(settings.heartbeat_secs),
+        retry_base: Duration::from_millis(settings.retry_ms),
+        cors_origins: settings.cors_origins.clone(),
+        body_limit_bytes: settings.body_limit_bytes,
+        broker_timeout: Duration::from_millis(settings.broker_timeout_ms),
+        shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+        workers: (settings.workers > 0).then_some(settings.workers),
+        ..ServerConfig::new(secret.clone())
+    };
+    let app = Application::build(config, broker, listener)?;
+    let bound = app.local_addr();
+    tracing::info!(address = %bound, "listening");
+    if ephemeral {
+        print_quickstart(&secret, bound)?;
+    }
+
+    let shutdown = app.shutdown();
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received: draining streams and finishing in-flight requests");
+    startup::stop(&shutdown, &handle).await;
+    server.await.context("server task")?.context("server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn ephemeral_secret() -> anyhow::Result<JwtSecret> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness for the ephemeral secret: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(JwtSecret::new(hex))
+}
+
+/// Ready-to-paste commands for a first run without configuration.
+fn print_quickstart(secret: &JwtSecret, bound: std::net::SocketAddr) -> anyhow::Result<()> {
+    let keys = JwtKeys::new(secret);
+    let day = Duration::from_secs(24 * 60 * 60);
+    let writer =
+        keys.mint("quickstart-writer", "read:* write:*", Some(Tier::Member), day).map_err(anyhow::Error::msg)?;
+    let reader = keys.mint("quickstart-reader", "read:*", Some(Tier::Member), day).map_err(anyhow::Error::msg)?;
+    let host = if bound.ip().is_unspecified() { format!("127.0.0.1:{}", bound.port()) } else { bound.to_string() };
+    let base = format!("http://{host}");
+    write_stdout(&format!(
+        "\nstoryline is up at {base}\n\
+         No JWT secret is configured, so this run uses an ephemeral one (set STORYLINE_JWT_SECRET to keep tokens\n\
+         valid across restarts). Tokens for the next 24 hours:\n\n\
+         Read a story as it is written (leave this running):\n  \
+         curl -N '{base}/v1/stories/demo/stream?access_token={reader}'\n\n\
+         Write to it, from another terminal:\n  \
+         curl -X POST '{base}/v1/stories/demo/events' \\\n    \
+         -H 'Authorization: Bearer {writer}' \\\n    \
+         -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"type\":\"chapter\",\"data\":{{\"text\":\"Once upon a time\"}}}}'\n\n\
+         In a browser:\n  \
+         new EventSource('{base}/v1/stories/demo/stream?access_token={reader}').addEventListener('chapter', e => console.log(JSON.parse(e.data)))\n\n"
+    ))
+}
