@@ -19,22 +19,60 @@ use crate::{EventId, EventType, StoryId};
 #[derive(Clone)]
 pub struct EventData(Arc<RawValue>);
 
+/// Deepest nesting of arrays/objects accepted in event data. serde_json's raw-value parsing skips nested values
+/// without its usual recursion limit, and readers' JSON parsers should not be handed arbitrarily deep input.
+pub const MAX_DATA_DEPTH: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventDataError {
     #[error("event data is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error("event data nests arrays/objects deeper than {max} levels")]
+    TooDeep { max: usize },
+}
+
+/// Whether JSON text nests deeper than `max`. Brackets inside strings do not count.
+fn nests_deeper_than(text: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 impl EventData {
     /// Validates JSON text and keeps it (normalised to one line).
     pub fn from_json_text(text: &str) -> Result<Self, EventDataError> {
         let raw: &RawValue = serde_json::from_str(text).map_err(|e| EventDataError::InvalidJson(e.to_string()))?;
-        Ok(Self::from_raw(raw))
+        Self::from_raw(raw)
     }
 
-    /// Keeps JSON that serde has already validated (for example a field of a request body).
-    pub fn from_raw(raw: &RawValue) -> Self {
+    /// Keeps JSON that serde has already validated (for example a field of a request body), if it is not nested
+    /// deeper than [`MAX_DATA_DEPTH`].
+    pub fn from_raw(raw: &RawValue) -> Result<Self, EventDataError> {
         let text = raw.get();
+        if nests_deeper_than(text, MAX_DATA_DEPTH) {
+            return Err(EventDataError::TooDeep { max: MAX_DATA_DEPTH });
+        }
         let owned: Box<RawValue> = if text.contains(['\r', '\n']) {
             let one_line = text.replace(['\r', '\n'], " ");
             // Replacing whitespace between tokens keeps the JSON valid; fall back to the original on the
@@ -43,7 +81,7 @@ impl EventData {
         } else {
             raw.to_owned()
         };
-        Self(Arc::from(owned))
+        Ok(Self(Arc::from(owned)))
     }
 
     pub fn as_raw(&self) -> &RawValue {
@@ -202,6 +240,16 @@ mod tests {
         for bad in ["", "{", "{\"a\":}", "nul", "1 2"] {
             assert!(EventData::from_json_text(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nesting_is_limited_and_brackets_in_strings_do_not_count() {
+        let at_limit = format!("{}{}", "[".repeat(MAX_DATA_DEPTH), "]".repeat(MAX_DATA_DEPTH));
+        assert!(EventData::from_json_text(&at_limit).is_ok());
+        let over = format!("{}{}", "[".repeat(MAX_DATA_DEPTH + 1), "]".repeat(MAX_DATA_DEPTH + 1));
+        assert_eq!(EventData::from_json_text(&over).err(), Some(EventDataError::TooDeep { max: MAX_DATA_DEPTH }));
+        let in_string = format!("\"{}\\\"{}\"", "[".repeat(100), "{".repeat(100));
+        assert!(EventData::from_json_text(&in_string).is_ok(), "{in_string}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod story_id;
 pub use broker::{
     Appended, Broker, BrokerError, DEFAULT_PAGE_LIMIT, EventStream, LogBounds, MAX_PAGE_LIMIT, PageLimit, Retention,
 };
-pub use envelope::{Envelope, EventData, EventDataError, Metadata, NewEvent, Receipt, StoredEvent};
+pub use envelope::{Envelope, EventData, EventDataError, MAX_DATA_DEPTH, Metadata, NewEvent, Receipt, StoredEvent};
 pub use event_id::{EventId, EventIdError};
 pub use event_type::{EventType, EventTypeError, MAX_EVENT_TYPE_LEN};
 pub use idempotency::{IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};

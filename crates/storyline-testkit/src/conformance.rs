@@ -93,6 +93,7 @@ macro_rules! broker_conformance_tests {
             tail_yields_backlog_then_live_events_in_order_exactly_once,
             tail_from_zero_starts_at_the_oldest_retained_event,
             tail_on_an_empty_story_yields_later_appends,
+            tail_keeps_up_with_appends_made_as_each_event_arrives,
             concurrent_publishers_and_tails_see_every_event_once_in_order,
             tail_started_during_appends_has_no_gap_or_duplicate_at_the_seam,
             dropping_a_tail_does_not_disturb_other_tails,
@@ -726,6 +727,38 @@ pub async fn tail_on_an_empty_story_yields_later_appends(factory: &dyn BrokerFac
         assert_event(CASE, &got, id, &story, &sent);
     }
     assert_next_is_fresh_append(CASE, &*broker, &story, &mut tail).await;
+}
+
+/// Guarantee 5, lock-step: a tail driven on another task while each event is appended the moment the previous
+/// one arrived. The append races the tail going back to waiting, where a lost wake-up would stall the tail.
+pub async fn tail_keeps_up_with_appends_made_as_each_event_arrives(factory: &dyn BrokerFactory) {
+    const CASE: &str = "tail_keeps_up_with_appends_made_as_each_event_arrives";
+    const ROUNDS: u64 = 300;
+    // Arrange: the tail runs on its own task and forwards what it yields.
+    let broker = factory.make(Retention::default()).await;
+    let story = story("lockstep");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tail = broker.tail(&story, EventId::ZERO);
+    let forwarder = tokio::spawn(async move {
+        while let Some(item) = tail.next().await {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+
+    // Act + Assert
+    for n in 0..ROUNDS {
+        let id = append(CASE, &*broker, &story, event(n)).await.id;
+        let got = match tokio::time::timeout(ITEM_TIMEOUT, rx.recv()).await {
+            Ok(Some(Ok(event))) => event,
+            Ok(Some(Err(e))) => panic!("{CASE}: tail failed in round {n}: {e}"),
+            Ok(None) => panic!("{CASE}: tail ended in round {n}"),
+            Err(_) => panic!("{CASE}: event {id} (round {n}) not delivered within {ITEM_TIMEOUT:?}"),
+        };
+        assert_eq!(got.id, id, "{CASE}: round {n}");
+    }
+    forwarder.abort();
 }
 
 /// Guarantees 4 and 5 under load: 4 publishers × 50 events, 3 tails started before publishing; each tail sees all

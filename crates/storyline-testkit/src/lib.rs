@@ -3,16 +3,22 @@
 //! - [`RedisServer`]: a throwaway `redis-server` on a free port, killed on drop. Never the system Redis.
 //! - [`poll_until`]: wait for a condition with a deadline instead of sleeping and hoping.
 //! - [`conformance`]: the broker contract suite; each adapter's `tests/` runs every case against itself.
+//! - [`spawn_app`]: the real server on a free port, with typed helpers ([`TestApp`]) and a raw SSE reader
+//!   ([`SseStream`]) that keeps `retry:` and heartbeat comments.
 //!
 //! A failed expectation here is a test failure, so panicking with a clear message is the intended behaviour.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod app;
 pub mod conformance;
 mod redis_server;
+mod sse;
 
 use std::{future::Future, time::Duration};
 
+pub use app::{TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
 pub use redis_server::RedisServer;
+pub use sse::{Frame, SseStream};
 
 /// Default deadline for [`poll_until`]: generous, because CI machines are slow and shared.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);

@@ -124,7 +124,8 @@ fn parse_body(body: &[u8]) -> Result<(EventType, EventData), ApiError> {
         _ => ApiError::MalformedJson(e.to_string()),
     })?;
     let event_type = EventType::parse(&parsed.event_type)?;
-    Ok((event_type, EventData::from_raw(parsed.data)))
+    let data = EventData::from_raw(parsed.data).map_err(|e| ApiError::InvalidEvent(e.to_string()))?;
+    Ok((event_type, data))
 }
 
 #[cfg(test)]

@@ -1,0 +1,12 @@
+//! The HTTP contract suite: one test per rule of the v1 contract, each body run against BOTH brokers (the
+//! in-memory one and Redis Streams on a throwaway `redis-server`), through the real server on a free port.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod auth;
+mod garbage;
+mod history;
+mod operations;
+mod publish;
+mod stream;

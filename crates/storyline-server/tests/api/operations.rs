@@ -1,0 +1,157 @@
+//! Health, readiness, metrics, the OpenAPI document, routing errors, CORS and broker outages.
+
+use serde_json::json;
+use storyline_testkit::test_config;
+
+use crate::helpers::{Kind, assert_problem, both_brokers, spawn, spawn_with};
+
+both_brokers!(
+    healthz_and_readyz_answer_200_without_a_token,
+    metrics_are_prometheus_text_without_a_token,
+    the_openapi_document_is_served_and_matches_the_code,
+    unknown_paths_are_404_and_wrong_methods_405_as_problem_json,
+    every_response_carries_nosniff,
+    cors_allows_only_configured_origins,
+);
+
+async fn healthz_and_readyz_answer_200_without_a_token(kind: Kind) {
+    let app = spawn(kind).await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+async fn metrics_are_prometheus_text_without_a_token(kind: Kind) {
+    let app = spawn(kind).await;
+    app.publish("s", "chapter", json!(1)).await;
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for name in [
+        "storyline_events_published_total",
+        "storyline_connections_active",
+        "storyline_http_requests_total",
+        "storyline_build_info",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(!text.contains("story=\""), "no story ids as labels");
+}
+
+async fn the_openapi_document_is_served_and_matches_the_code(kind: Kind) {
+    let app = spawn(kind).await;
+    let served: serde_json::Value =
+        app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let generated: serde_json::Value = serde_json::from_str(&storyline_server::openapi::pretty_json()).unwrap();
+    assert_eq!(served, generated);
+    for path in
+        ["/v1/stories/{story}/events", "/v1/stories/{story}/stream", "/healthz", "/readyz", "/metrics", "/openapi.json"]
+    {
+        assert!(served["paths"][path].is_object(), "document lacks {path}");
+    }
+}
+
+async fn unknown_paths_are_404_and_wrong_methods_405_as_problem_json(kind: Kind) {
+    let app = spawn(kind).await;
+    assert_problem(app.client.get(app.url("/nope")).send().await.unwrap(), 404, "unknown path").await;
+    assert_problem(app.client.get(app.url("/v1/stories")).send().await.unwrap(), 404, "no story").await;
+    let cases = [
+        (reqwest::Method::DELETE, "/v1/stories/s/events", "GET, POST"),
+        (reqwest::Method::POST, "/v1/stories/s/stream", "GET"),
+        (reqwest::Method::PUT, "/healthz", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let response =
+            app.client.request(method.clone(), app.url(path)).bearer_auth(app.admin_token()).send().await.unwrap();
+        assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        assert_problem(response, 405, &format!("{method} {path}")).await;
+    }
+    assert!(app.all_ids("s").await.is_empty());
+}
+
+async fn every_response_carries_nosniff(kind: Kind) {
+    let app = spawn(kind).await;
+    for path in ["/healthz", "/nope", "/v1/stories/s/events"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(
+            response.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+}
+
+async fn cors_allows_only_configured_origins(kind: Kind) {
+    let config = storyline_server::ServerConfig { cors_origins: vec!["https://app.example".into()], ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/stories/s/events"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type, idempotency-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "preflight: {}", preflight.status());
+    assert_eq!(
+        preflight.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let allowed = preflight
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(allowed.contains("idempotency-key"), "allowed headers: {allowed}");
+    let get = app
+        .client
+        .get(app.url("/v1/stories/s/events"))
+        .bearer_auth(app.admin_token())
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        get.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let stranger = app
+        .client
+        .get(app.url("/v1/stories/s/events"))
+        .bearer_auth(app.admin_token())
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 200, "non-browser semantics unchanged");
+    assert!(stranger.headers().get("access-control-allow-origin").is_none(), "no CORS grant for an unlisted origin");
+    // Without configuration nothing is granted.
+    let plain = spawn(kind).await;
+    let response = plain
+        .client
+        .get(plain.url("/v1/stories/s/events"))
+        .bearer_auth(plain.admin_token())
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+}
+
+/// Redis only: the memory broker cannot become unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_is_unreachable_posts_and_readyz_answer_503_with_retry_after() {
+    let mut env = spawn(Kind::Redis).await;
+    env.publish("s", "chapter", json!(1)).await;
+    env.redis.as_mut().unwrap().kill();
+    let response = env.post_event("s", "chapter", json!(2)).await;
+    assert!(response.headers().get("retry-after").is_some(), "Retry-After on 503");
+    assert_problem(response, 503, "POST while Redis is down").await;
+    let ready = env.client.get(env.url("/readyz")).send().await.unwrap();
+    assert_problem(ready, 503, "readyz while Redis is down").await;
+    assert_eq!(env.client.get(env.url("/healthz")).send().await.unwrap().status(), 200, "liveness is unaffected");
+}

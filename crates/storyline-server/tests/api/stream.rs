@@ -1,0 +1,287 @@
+//! `GET /v1/stories/{story}/stream`.
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::json;
+use storyline_testkit::test_config;
+
+use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, retention, spawn, spawn_with};
+
+both_brokers!(
+    a_stream_starts_with_a_jittered_retry_and_sets_no_buffering_headers,
+    retry_hints_differ_between_connections,
+    without_a_resume_id_only_new_events_arrive,
+    frames_carry_id_event_and_a_one_line_envelope,
+    last_event_id_resumes_exactly_after_that_event,
+    the_query_parameter_resumes_and_the_header_wins,
+    resuming_from_zero_replays_the_retained_history,
+    a_malformed_resume_id_is_400_before_the_stream_starts,
+    a_resume_point_older_than_retention_yields_a_gap_frame_then_the_oldest_events,
+    replay_then_live_has_no_gap_and_no_duplicate_at_the_seam,
+    several_publishers_and_subscribers_each_see_every_event_once_in_order,
+    a_dropped_reader_resumes_exactly_where_it_left_off,
+    idle_streams_receive_heartbeat_comments,
+    shutdown_ends_open_streams_cleanly,
+    streams_of_different_stories_are_independent,
+);
+
+async fn a_stream_starts_with_a_jittered_retry_and_sets_no_buffering_headers(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut stream = app.open_stream("s", None).await;
+    assert_eq!(stream.status, 200);
+    let header = |name: &str| stream.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert_eq!(header("content-type"), "text/event-stream");
+    assert_eq!(header("cache-control"), "no-cache");
+    assert_eq!(header("x-accel-buffering"), "no");
+    let first = stream.next_frame(FRAME).await.expect("a first frame");
+    let retry = first.retry.expect("the first frame is retry:");
+    assert!((1_000..=1_500).contains(&retry), "retry {retry} is the 1000 ms base plus up to 50%");
+    assert!(
+        stream.raw.starts_with(b"retry: "),
+        "retry is the very first bytes: {:?}",
+        String::from_utf8_lossy(&stream.raw)
+    );
+}
+
+async fn retry_hints_differ_between_connections(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut hints = HashSet::new();
+    for _ in 0..8 {
+        let mut stream = app.open_stream("s", None).await;
+        hints.insert(stream.next_frame(FRAME).await.and_then(|f| f.retry).expect("retry"));
+    }
+    assert!(hints.len() > 1, "8 connections got one retry value {hints:?}: no jitter");
+}
+
+async fn without_a_resume_id_only_new_events_arrive(kind: Kind) {
+    let app = spawn(kind).await;
+    app.publish("s", "old", json!(1)).await;
+    let mut stream = app.open_stream("s", None).await;
+    let fresh = app.publish("s", "new", json!(2)).await;
+    let event = stream.next_event(FRAME).await;
+    assert_eq!(event.id.as_deref(), fresh["id"].as_str(), "the first event is the one posted after opening");
+    assert_eq!(event.event.as_deref(), Some("new"));
+}
+
+async fn frames_carry_id_event_and_a_one_line_envelope(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut stream = app.open_stream("tale", None).await;
+    let receipt = app.publish("tale", "chapter", json!({"text": "a\nb"})).await;
+    let frame = stream.next_event(FRAME).await;
+    assert_eq!(frame.id.as_deref(), receipt["id"].as_str());
+    assert_eq!(frame.event.as_deref(), Some("chapter"));
+    let data = frame.data.clone().unwrap();
+    assert!(!data.contains('\n'), "data is one line: {data:?}");
+    let envelope = frame.json();
+    assert_eq!(
+        envelope,
+        json!({"id": receipt["id"], "story": "tale", "type": "chapter", "data": {"text": "a\nb"}, "author": "tester", "ts": receipt["ts"]})
+    );
+}
+
+async fn last_event_id_resumes_exactly_after_that_event(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(app.publish("s", "chapter", json!(n)).await["id"].as_str().unwrap().to_owned());
+    }
+    let mut stream = app.open_stream("s", Some(&ids[1])).await;
+    let got: Vec<_> = stream.events(3, FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(got, ids[2..].to_vec());
+}
+
+async fn the_query_parameter_resumes_and_the_header_wins(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(app.publish("s", "chapter", json!(n)).await["id"].as_str().unwrap().to_owned());
+    }
+    let by_query = app
+        .client
+        .get(app.url(&format!("/v1/stories/s/stream?last_event_id={}", ids[2])))
+        .bearer_auth(app.admin_token());
+    let mut stream = app.open_stream_request(by_query).await;
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(ids[3].as_str()), "query parameter");
+    let both = app
+        .client
+        .get(app.url(&format!("/v1/stories/s/stream?last_event_id={}", ids[2])))
+        .header("last-event-id", &ids[0])
+        .bearer_auth(app.admin_token());
+    let mut stream = app.open_stream_request(both).await;
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(ids[1].as_str()), "the header wins");
+}
+
+async fn resuming_from_zero_replays_the_retained_history(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(app.publish("s", "chapter", json!(n)).await["id"].as_str().unwrap().to_owned());
+    }
+    let mut stream = app.open_stream("s", Some("0")).await;
+    let got: Vec<_> = stream.events(3, FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(got, ids);
+}
+
+async fn a_malformed_resume_id_is_400_before_the_stream_starts(kind: Kind) {
+    let app = spawn(kind).await;
+    for bad in ["abc", "1", "1-", "-1", "1-2-3", "99999999999999999999999-0"] {
+        let by_header =
+            app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).header("last-event-id", bad);
+        assert_problem(by_header.send().await.unwrap(), 400, &format!("header {bad}")).await;
+        let by_query = app
+            .client
+            .get(app.url(&format!("/v1/stories/s/stream?last_event_id={bad}")))
+            .bearer_auth(app.admin_token());
+        assert_problem(by_query.send().await.unwrap(), 400, &format!("query {bad}")).await;
+    }
+}
+
+async fn a_resume_point_older_than_retention_yields_a_gap_frame_then_the_oldest_events(kind: Kind) {
+    let app = spawn_with(kind, retention(5), test_config()).await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(app.publish("s", "chapter", json!(n)).await["id"].as_str().unwrap().to_owned());
+    }
+    let retained = app.all_ids("s").await;
+    assert!(retained.len() >= 5 && retained.len() < 40, "retention trimmed the log: {} kept", retained.len());
+    let mut stream = app.open_stream("s", Some(&ids[0])).await;
+    let gap = stream.next_event(FRAME).await;
+    assert_eq!(gap.event.as_deref(), Some("gap"), "first a gap frame: {gap:?}");
+    assert_eq!(gap.id, None, "the gap frame does not move the client's Last-Event-ID");
+    assert_eq!(gap.json(), json!({"requested": ids[0], "resumed_from": retained[0]}));
+    let got: Vec<_> = stream.events(retained.len(), FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(got, retained, "then every retained event, oldest first");
+    // Resuming inside the retained range is exact: no gap frame.
+    let mut stream = app.open_stream("s", Some(&retained[0])).await;
+    let next = stream.next_event(FRAME).await;
+    assert_eq!(
+        next.id.as_deref(),
+        Some(retained[1].as_str()),
+        "no gap when nothing after the resume point was trimmed"
+    );
+}
+
+async fn replay_then_live_has_no_gap_and_no_duplicate_at_the_seam(kind: Kind) {
+    let app = spawn(kind).await;
+    for n in 0..50 {
+        app.publish("s", "chapter", json!(n)).await;
+    }
+    // Keep publishing while the reader replays, so appends land during the replay.
+    let publisher = {
+        let (client, url, token) = (app.client.clone(), app.url("/v1/stories/s/events"), app.admin_token());
+        tokio::spawn(async move {
+            for n in 50..150 {
+                let body = json!({"type": "chapter", "data": n}).to_string();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        })
+    };
+    let mut stream = app.open_stream("s", Some("0")).await;
+    let got: Vec<_> = stream.events(150, FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+    publisher.await.unwrap();
+    assert_eq!(got, app.all_ids("s").await, "every event exactly once, in order");
+}
+
+async fn several_publishers_and_subscribers_each_see_every_event_once_in_order(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        readers.push(app.open_stream("s", None).await);
+    }
+    for reader in &mut readers {
+        reader.next_frame(FRAME).await; // retry: — the stream is open and registered
+    }
+    let publishers = (0..4).map(|p| {
+        let (client, url, token) = (app.client.clone(), app.url("/v1/stories/s/events"), app.admin_token());
+        tokio::spawn(async move {
+            for n in 0..25 {
+                let body = json!({"type": "chapter", "data": {"p": p, "n": n}}).to_string();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        })
+    });
+    for p in futures::future::join_all(publishers).await {
+        p.unwrap();
+    }
+    let all = app.all_ids("s").await;
+    assert_eq!(all.len(), 100);
+    for (i, reader) in readers.iter_mut().enumerate() {
+        let got: Vec<_> = reader.events(100, FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+        assert_eq!(got, all, "reader {i} saw every event once, in id order");
+    }
+}
+
+async fn a_dropped_reader_resumes_exactly_where_it_left_off(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut stream = app.open_stream("s", Some("0")).await;
+    for n in 0..10 {
+        app.publish("s", "chapter", json!(n)).await;
+    }
+    let first = stream.events(4, FRAME).await;
+    let last_seen = first.last().unwrap().id.clone().unwrap();
+    drop(stream);
+    for n in 10..15 {
+        app.publish("s", "chapter", json!(n)).await;
+    }
+    let mut resumed = app.open_stream("s", Some(&last_seen)).await;
+    let rest: Vec<_> = resumed.events(11, FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+    let mut seen: Vec<_> = first.into_iter().map(|f| f.id.unwrap()).collect();
+    seen.extend(rest);
+    assert_eq!(seen, app.all_ids("s").await, "no gap, no duplicate across the reconnect");
+}
+
+async fn idle_streams_receive_heartbeat_comments(kind: Kind) {
+    let config = storyline_server::ServerConfig { heartbeat: Duration::from_millis(300), ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let mut stream = app.open_stream("s", None).await;
+    let mut heartbeats = 0;
+    while heartbeats < 3 {
+        let frame = stream.next_frame(FRAME).await.expect("stream stays open");
+        assert!(!frame.is_event(), "no events were posted: {frame:?}");
+        heartbeats += usize::from(!frame.comments.is_empty());
+    }
+}
+
+async fn shutdown_ends_open_streams_cleanly(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut stream = app.open_stream("s", None).await;
+    let receipt = app.publish("s", "chapter", json!(1)).await;
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), receipt["id"].as_str());
+    let stopping = {
+        let signal = app.shutdown_signal();
+        tokio::spawn(async move { signal.trigger() })
+    };
+    stopping.await.unwrap();
+    let rest = stream.until_end(FRAME).await;
+    assert!(rest.iter().all(|f| !f.is_event()), "no further events: {rest:?}");
+    assert!(stream.raw.ends_with(b"\n\n"), "the stream ended at a frame boundary");
+    let refused = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).send().await.unwrap();
+    assert_problem(refused, 503, "new stream while draining").await;
+    app.stop().await;
+}
+
+async fn streams_of_different_stories_are_independent(kind: Kind) {
+    let app = spawn(kind).await;
+    let mut a = app.open_stream("a", None).await;
+    let mut b = app.open_stream("b", None).await;
+    let in_b = app.publish("b", "chapter", json!("b")).await;
+    let in_a = app.publish("a", "chapter", json!("a")).await;
+    assert_eq!(a.next_event(FRAME).await.id.as_deref(), in_a["id"].as_str());
+    assert_eq!(b.next_event(FRAME).await.id.as_deref(), in_b["id"].as_str());
+}

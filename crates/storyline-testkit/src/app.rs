@@ -1,0 +1,165 @@
+//! `spawn_app(broker)`: the real server, built by the same function `main` uses, on 127.0.0.1:0, with typed
+//! helpers to speak to it.
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use storyline_core::Broker;
+use storyline_server::{
+    Application, ServerConfig, Shutdown,
+    auth::{JwtKeys, JwtSecret, Tier},
+};
+
+use crate::sse::SseStream;
+
+/// The secret every test app uses.
+pub const TEST_SECRET: &str = "storyline-test-secret-0123456789abcdef";
+
+/// Settings for tests: a fixed secret, one worker, short heartbeat and retry hints.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        heartbeat: Duration::from_secs(15),
+        retry_base: Duration::from_millis(1_000),
+        broker_timeout: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(5),
+        workers: Some(1),
+        ..ServerConfig::new(JwtSecret::new(TEST_SECRET))
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub client: Client,
+    pub broker: Arc<dyn Broker>,
+    keys: JwtKeys,
+    shutdown: Shutdown,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl std::fmt::Debug for TestApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestApp").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// Starts the real server with [`test_config`].
+pub async fn spawn_app(broker: Arc<dyn Broker>) -> TestApp {
+    spawn_app_with(broker, test_config()).await
+}
+
+/// Starts the real server with the given settings.
+pub async fn spawn_app_with(broker: Arc<dyn Broker>, config: ServerConfig) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let keys = JwtKeys::new(&config.jwt_secret);
+    let app = Application::build(config, Arc::clone(&broker), listener).expect("build the application");
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = app.shutdown();
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
+    TestApp { base, client, broker, keys, shutdown, handle }
+}
+
+impl TestApp {
+    /// A token for `sub` with the given scopes, valid for an hour.
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        self.token_with(sub, scope, None, Duration::from_secs(3600))
+    }
+
+    pub fn token_with(&self, sub: &str, scope: &str, tier: Option<Tier>, lifetime: Duration) -> String {
+        self.keys.mint(sub, scope, tier, lifetime).expect("mint a token")
+    }
+
+    /// A token that may read and write every story.
+    pub fn admin_token(&self) -> String {
+        self.token("tester", "read:* write:*")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A POST of JSON to a story, with a read/write token.
+    pub fn post_event_request(&self, story: &str, body: &Value) -> RequestBuilder {
+        self.client
+            .post(self.url(&format!("/v1/stories/{story}/events")))
+            .bearer_auth(self.admin_token())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// Posts `{"type", "data"}` and returns the raw response.
+    pub async fn post_event(&self, story: &str, event_type: &str, data: Value) -> Response {
+        self.post_event_request(story, &serde_json::json!({"type": event_type, "data": data}))
+            .send()
+            .await
+            .expect("POST reaches the server")
+    }
+
+    /// Posts an event, asserts 201, and returns the receipt.
+    pub async fn publish(&self, story: &str, event_type: &str, data: Value) -> Value {
+        let response = self.post_event(story, event_type, data).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON receipt");
+        assert_eq!(status, StatusCode::CREATED, "publish to {story}: {body}");
+        body
+    }
+
+    /// Opens `GET /v1/stories/{story}/stream` with a read token; `last_event_id` goes in the header.
+    pub async fn open_stream(&self, story: &str, last_event_id: Option<&str>) -> SseStream {
+        let mut request =
+            self.client.get(self.url(&format!("/v1/stories/{story}/stream"))).bearer_auth(self.admin_token());
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        self.open_stream_request(request).await
+    }
+
+    /// Sends a prepared stream request and wraps the response, whatever its status.
+    pub async fn open_stream_request(&self, request: RequestBuilder) -> SseStream {
+        // Streams are endless: no overall timeout, frames are awaited with their own deadlines.
+        let request = request.timeout(Duration::from_secs(3600));
+        SseStream::new(request.send().await.expect("stream request reaches the server"))
+    }
+
+    /// `GET /v1/stories/{story}/events` with a query string, returning status and JSON body.
+    pub async fn history(&self, story: &str, query: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/stories/{story}/events{query}")))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .expect("history request reaches the server");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every event id in a story's log, oldest first, read through the API.
+    pub async fn all_ids(&self, story: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut after = "0".to_owned();
+        loop {
+            let (status, page) = self.history(story, &format!("?after={after}&limit=1000")).await;
+            assert_eq!(status, StatusCode::OK, "history of {story}: {page}");
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            ids.extend(events.iter().map(|e| e["id"].as_str().unwrap_or_default().to_owned()));
+            match page["next"].as_str() {
+                Some(next) => after = next.to_owned(),
+                None => return ids,
+            }
+        }
+    }
+
+    /// Triggers the drain and stops the server gracefully.
+    pub async fn stop(&self) {
+        storyline_server::startup::stop(&self.shutdown, &self.handle).await;
+    }
+
+    pub fn shutdown_signal(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+}

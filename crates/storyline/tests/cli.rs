@@ -1,0 +1,156 @@
+//! The `storyline` binary as an operator and a new user meet it: the committed OpenAPI document, `token`,
+//! configuration errors, and `serve` from a cold start through SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_storyline");
+
+fn storyline(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run storyline")
+}
+
+#[test]
+fn the_committed_openapi_document_matches_what_the_binary_prints() {
+    let printed = storyline(&["openapi"], &[]);
+    assert!(printed.status.success());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/openapi.json"))
+        .expect("openapi/openapi.json exists");
+    assert!(
+        String::from_utf8_lossy(&printed.stdout) == committed,
+        "openapi/openapi.json is stale: regenerate it with `cargo run -q -- openapi > openapi/openapi.json`"
+    );
+}
+
+#[test]
+fn token_mints_a_jwt_with_the_configured_secret() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let out = storyline(
+        &["token", "--sub", "agent-7", "--scope", "write:public:*", "--tier", "agent", "--ttl-secs", "120"],
+        &[("STORYLINE_JWT_SECRET", secret)],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let keys = storyline_server::auth::JwtKeys::new(&storyline_server::auth::JwtSecret::new(secret));
+    let principal = keys.verify(token.trim()).expect("the minted token verifies");
+    assert_eq!(principal.sub, "agent-7");
+    assert_eq!(principal.tier, storyline_server::auth::Tier::Agent);
+    assert!(principal.scopes.can_write(&storyline_core::StoryId::parse("public:x").unwrap()));
+}
+
+#[test]
+fn token_without_a_configured_secret_says_what_to_set() {
+    let out = storyline(&["token", "--sub", "x"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STORYLINE_JWT_SECRET"));
+}
+
+#[test]
+fn bad_configuration_exits_64_before_binding() {
+    for env in [("STORYLINE_HEARTBEAT_SECS", "often"), ("STORYLINE_LISTEN", "not-an-address"), ("STORYLINE_TYPO", "1")]
+    {
+        let out = storyline(&["serve"], &[env]);
+        assert_eq!(out.status.code(), Some(64), "{env:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("storyline:"), "{env:?} explains itself");
+    }
+}
+
+/// A `storyline serve` child, killed if the test fails midway.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start storyline serve");
+    let stdout = child.stdout.take().unwrap();
+    let serve = Serve(child);
+    // Read the quickstart the binary prints: the base URL and the two tokens.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut base, mut writer, mut reader) = (None, None, None);
+    while base.is_none() || writer.is_none() || reader.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("quickstart printed");
+        if let Some(rest) = line.strip_prefix("storyline is up at ") {
+            base = Some(rest.trim().to_owned());
+        }
+        if let Some((_, t)) = line.split_once("Authorization: Bearer ") {
+            writer = Some(t.trim_end_matches(['\'', ' ', '\\']).to_owned());
+        }
+        if line.trim_start().starts_with("curl -N") {
+            let t = line.split("access_token=").nth(1).unwrap();
+            reader = Some(t.trim_end_matches('\'').to_owned());
+        }
+    }
+    let (base, writer, reader) = (base.unwrap(), writer.unwrap(), reader.unwrap());
+    let client = reqwest::Client::new();
+
+    // The printed stream command (reader token in the query, as EventSource would send it).
+    let stream = client.get(format!("{base}/v1/stories/demo/stream?access_token={reader}")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    // The printed POST command.
+    let post = client
+        .post(format!("{base}/v1/stories/demo/events"))
+        .bearer_auth(&writer)
+        .header("content-type", "application/json")
+        .body(r#"{"type":"chapter","data":{"text":"Once upon a time"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 201);
+    let id = post.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let mut body = stream.bytes_stream();
+    let mut seen = String::new();
+    use futures::StreamExt;
+    while !seen.contains(&format!("id: {id}\n")) {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(10), body.next()).await.expect("event arrives").unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: chapter\n") && seen.contains("Once upon a time"), "{seen}");
+
+    // SIGTERM: the open stream ends and the process exits 0.
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .expect("the stream ends after SIGTERM");
+    assert!(ended, "the stream ended cleanly, not with a transport error");
+    let mut serve = serve;
+    let status = tokio::task::spawn_blocking(move || serve.0.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
