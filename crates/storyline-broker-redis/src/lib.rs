@@ -76,7 +76,11 @@ pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
 }
 
 fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
-    let redis = Config::from_url(&config.url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+    let mut redis =
+        Config::from_url(&config.url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+    // Keep retrying the first connection too: an instance that starts while Redis is away comes up not-ready and
+    // becomes ready when Redis is back, instead of exiting (which an orchestrator turns into a restart loop).
+    redis.fail_fast = false;
     let mut builder = Builder::from_config(redis);
     let timeout = config.command_timeout;
     builder
@@ -91,14 +95,29 @@ fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
 }
 
 impl RedisBroker {
-    /// Connects (failing if Redis cannot be reached now) and starts the tailer.
+    /// Starts the connections and the tailer, waiting up to `command_timeout` for Redis to answer. If it does not,
+    /// the broker is returned anyway and keeps reconnecting in the background: operations fail with
+    /// [`BrokerError::Unavailable`] (and readiness with them) until Redis is reachable. Only a malformed URL is an
+    /// error here.
     pub async fn connect(config: RedisConfig) -> Result<Self, BrokerError> {
         let builder = builder(&config)?;
         let pool = builder.build_pool(config.pool_size.max(1)).map_err(unavailable)?;
-        pool.init().await.map_err(unavailable)?;
         // The tailer's connection blocks in XREAD; it must never carry other traffic.
         let reader = builder.build().map_err(unavailable)?;
-        reader.init().await.map_err(unavailable)?;
+        let _pool_task = pool.connect();
+        let _reader_task = reader.connect();
+        let connected = async {
+            pool.wait_for_connect().await?;
+            reader.wait_for_connect().await
+        };
+        match tokio::time::timeout(config.command_timeout, connected).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "Redis connection failed; retrying in the background"),
+            Err(_) => tracing::warn!(
+                timeout = ?config.command_timeout,
+                "Redis is not reachable yet; starting not-ready and retrying in the background"
+            ),
+        }
         let tailer = tailer::Tailer::start(reader, config.block);
         Ok(Self {
             inner: Arc::new(Inner {

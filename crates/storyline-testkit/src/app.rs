@@ -84,11 +84,7 @@ impl TestApp {
 
     /// A POST of JSON to a story, with a read/write token.
     pub fn post_event_request(&self, story: &str, body: &Value) -> RequestBuilder {
-        self.client
-            .post(self.url(&format!("/v1/stories/{story}/events")))
-            .bearer_auth(self.admin_token())
-            .header("content-type", "application/json")
-            .body(body.to_string())
+        self.post_as(story, &self.admin_token(), &body.to_string())
     }
 
     /// Posts `{"type", "data"}` and returns the raw response.
@@ -101,11 +97,21 @@ impl TestApp {
 
     /// Posts an event, asserts 201, and returns the receipt.
     pub async fn publish(&self, story: &str, event_type: &str, data: Value) -> Value {
-        let response = self.post_event(story, event_type, data).await;
-        let status = response.status();
-        let body: Value = response.json().await.expect("JSON receipt");
-        assert_eq!(status, StatusCode::CREATED, "publish to {story}: {body}");
-        body
+        self.publisher().publish(story, event_type, data).await
+    }
+
+    /// A cloneable, `Send` publisher with a read/write token, for publishing from spawned tasks.
+    pub fn publisher(&self) -> Publisher {
+        Publisher { client: self.client.clone(), base: self.base.clone(), token: self.admin_token() }
+    }
+
+    /// A POST of a raw JSON body to a story with the given token.
+    pub fn post_as(&self, story: &str, token: &str, body: &str) -> RequestBuilder {
+        self.client
+            .post(self.url(&format!("/v1/stories/{story}/events")))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
     }
 
     /// Opens `GET /v1/stories/{story}/stream` with a read token; `last_event_id` goes in the header.
@@ -161,5 +167,32 @@ impl TestApp {
 
     pub fn shutdown_signal(&self) -> Shutdown {
         self.shutdown.clone()
+    }
+}
+
+/// Publishes to a [`TestApp`] from anywhere (it owns its client, base URL and token).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: Client,
+    base: String,
+    token: String,
+}
+
+impl Publisher {
+    /// Posts `{"type", "data"}`, asserts 201, and returns the receipt.
+    pub async fn publish(&self, story: &str, event_type: &str, data: Value) -> Value {
+        let response = self
+            .client
+            .post(format!("{}/v1/stories/{story}/events", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"type": event_type, "data": data}).to_string())
+            .send()
+            .await
+            .expect("POST reaches the server");
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON receipt");
+        assert_eq!(status, StatusCode::CREATED, "publish to {story}: {body}");
+        body
     }
 }

@@ -16,7 +16,7 @@ mod sse;
 
 use std::{future::Future, time::Duration};
 
-pub use app::{TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
+pub use app::{Publisher, TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
 pub use redis_server::RedisServer;
 pub use sse::{Frame, SseStream};
 

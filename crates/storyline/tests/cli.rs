@@ -154,3 +154,47 @@ async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_o
     let status = tokio::task::spawn_blocking(move || serve.0.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is_up() {
+    let mut redis = storyline_testkit::RedisServer::start();
+    redis.kill();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("STORYLINE_REDIS_URL", redis.url())
+        .env("STORYLINE_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .env("STORYLINE_BROKER_TIMEOUT_MS", "500")
+        .env("STORYLINE_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start storyline serve");
+    let stdout = child.stdout.take().unwrap();
+    let _serve = Serve(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let base = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if entry["fields"]["message"] == "listening" {
+            break format!("http://{}", entry["fields"]["address"].as_str().unwrap());
+        }
+    };
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "alive without Redis");
+    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 503, "not ready without Redis");
+    redis.restart(&["--save", "", "--appendonly", "no"]);
+    storyline_testkit::poll_until("readyz turns 200 once Redis is up", Duration::from_secs(15), || async {
+        let status = client.get(format!("{base}/readyz")).send().await.ok()?.status();
+        (status == 200).then_some(())
+    })
+    .await;
+}

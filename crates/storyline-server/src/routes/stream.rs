@@ -8,7 +8,9 @@
 //!   (naming the requested id and the id resumed from), then the oldest retained events. Never a silent hole.
 //!
 //! The broker tail yields the backlog and then live events with no gap or duplicate at the seam. If the broker
-//! becomes unreachable the stream stays open (heartbeats continue) and resumes after the last delivered id.
+//! is unreachable, at open or later, the stream stays open (heartbeats continue) and resumes after the last
+//! delivered id once the broker is back: browsers' `EventSource` never retries after a non-200 answer, so the
+//! only errors a stream open returns are the client's own (400, 401, 403) and draining (503).
 //! At shutdown every stream ends at a frame boundary.
 
 use std::time::Duration;
@@ -17,7 +19,7 @@ use actix_web::{HttpRequest, Responder, get, web};
 use actix_web_lab::sse::{self, Sse};
 use futures::StreamExt;
 use serde::Deserialize;
-use storyline_core::{EventId, StoredEvent, StoryId};
+use storyline_core::{EventId, LogBounds, StoredEvent, StoryId};
 use tokio::sync::mpsc;
 
 use crate::{auth::Principal, error::ApiError, meters, openapi::GapData, startup::AppState};
@@ -49,7 +51,7 @@ pub(crate) struct StreamQuery {
         (status = 400, description = "Bad story id or resume id", body = crate::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks read scope for this story", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable or shutting down; see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The instance is shutting down; see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
 )]
@@ -74,15 +76,22 @@ pub(crate) async fn stream(
         });
     }
     let config = &state.config;
-    let bounds =
-        super::with_broker(config.broker_timeout, config.retry_after_secs, state.broker.bounds(&story)).await?;
-    let (start, gap) = match resume {
-        None => (bounds.newest.unwrap_or(EventId::ZERO), None),
-        Some(id) => (id, bounds.gap_for(id).map(|resumed_from| GapData { requested: id, resumed_from })),
-    };
+    // Resolve where to start before answering, so "only events appended after the stream opened" means after
+    // the client saw the response. If the broker is unreachable, answer 200 anyway and let the pump resolve it
+    // once the broker is back: a browser's EventSource gives up for good on any non-200 answer, so a 503 here
+    // would turn a short broker outage into readers that never come back.
+    let start =
+        match super::with_broker(config.broker_timeout, config.retry_after_secs, state.broker.bounds(&story)).await {
+            Ok(bounds) => Start::Resolved(start_point(resume, bounds)),
+            Err(ApiError::Unavailable { cause, .. }) => {
+                tracing::warn!(story = %story, error = %cause, "broker unavailable at stream open; will resolve later");
+                Start::Pending(resume)
+            }
+            Err(e) => return Err(e),
+        };
 
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(pump(state.clone(), story, start, gap, tx));
+    tokio::spawn(pump(state.clone(), story, start, tx));
 
     let retry = jittered(config.retry_base);
     Ok(Sse::from_infallible_receiver(rx)
@@ -98,27 +107,64 @@ fn jittered(base: Duration) -> Duration {
     Duration::from_millis(base_ms.saturating_add(fastrand::u64(0..=base_ms / 2)))
 }
 
+/// Where a stream starts: after this id, with a gap notice first if retention trimmed events after the resume
+/// point.
+#[derive(Debug, Clone, Copy)]
+struct StartPoint {
+    after: EventId,
+    gap: Option<GapData>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    Resolved(StartPoint),
+    /// The broker could not be asked yet; resolve for this resume id once it answers.
+    Pending(Option<EventId>),
+}
+
+fn start_point(resume: Option<EventId>, bounds: LogBounds) -> StartPoint {
+    match resume {
+        None => StartPoint { after: bounds.newest.unwrap_or(EventId::ZERO), gap: None },
+        Some(id) => StartPoint {
+            after: id,
+            gap: bounds.gap_for(id).map(|resumed_from| GapData { requested: id, resumed_from }),
+        },
+    }
+}
+
 fn frame(event: &StoredEvent) -> sse::Event {
     sse::Data::new(event.envelope().to_json()).id(event.id.to_string()).event(event.event_type.as_str()).into()
 }
 
 /// Moves events from the broker to one subscriber until the client goes away or the server drains.
-async fn pump(
-    state: web::Data<AppState>,
-    story: StoryId,
-    mut cursor: EventId,
-    gap: Option<GapData>,
-    tx: mpsc::Sender<sse::Event>,
-) {
+async fn pump(state: web::Data<AppState>, story: StoryId, start: Start, tx: mpsc::Sender<sse::Event>) {
     let _open = meters::OpenStream::open();
     let shutdown = state.shutdown.clone();
-    if let Some(gap) = gap {
+    let mut backoff = RETRY_MIN;
+    let start = match start {
+        Start::Resolved(point) => point,
+        Start::Pending(resume) => loop {
+            match tokio::time::timeout(state.config.broker_timeout, state.broker.bounds(&story)).await {
+                Ok(Ok(bounds)) => break start_point(resume, bounds),
+                Ok(Err(e)) => tracing::debug!(story = %story, error = %e, "broker still unavailable"),
+                Err(_) => tracing::debug!(story = %story, "broker still not answering"),
+            }
+            tokio::select! {
+                () = shutdown.drained() => return,
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        },
+    };
+    if let Some(gap) = start.gap {
         let data = serde_json::to_string(&gap).unwrap_or_default();
         if tx.send(sse::Data::new(data).event("gap").into()).await.is_err() {
             return;
         }
     }
-    let mut backoff = RETRY_MIN;
+    let mut cursor = start.after;
+    backoff = RETRY_MIN;
     loop {
         let mut tail = state.broker.tail(&story, cursor);
         loop {

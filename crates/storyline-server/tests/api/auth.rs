@@ -47,15 +47,7 @@ async fn invalid_expired_and_foreign_tokens_are_401(kind: Kind) {
     let cases =
         [("garbage", "not.a.jwt".to_owned()), ("foreign secret", foreign), ("expired", expired), ("no sub", no_sub)];
     for (case, token) in cases {
-        let response = app
-            .client
-            .post(app.url("/v1/stories/s/events"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(r#"{"type":"a","data":1}"#)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_as("s", &token, r#"{"type":"a","data":1}"#).send().await.unwrap();
         assert_problem(response, 401, case).await;
     }
     let basic = app
@@ -72,15 +64,7 @@ async fn invalid_expired_and_foreign_tokens_are_401(kind: Kind) {
 async fn writing_without_write_scope_is_403_and_appends_nothing(kind: Kind) {
     let app = spawn(kind).await;
     let reader = app.token("rita", "read:*");
-    let response = app
-        .client
-        .post(app.url("/v1/stories/s/events"))
-        .bearer_auth(&reader)
-        .header("content-type", "application/json")
-        .body(r#"{"type":"a","data":1}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_as("s", &reader, r#"{"type":"a","data":1}"#).send().await.unwrap();
     assert_problem(response, 403, "read-only token").await;
     assert!(app.all_ids("s").await.is_empty());
 }
@@ -97,14 +81,7 @@ async fn reading_without_read_scope_is_403(kind: Kind) {
 async fn prefix_and_exact_scopes_match_story_ids(kind: Kind) {
     let app = spawn(kind).await;
     let token = app.token("pat", "write:public:* write:exact read:public:*");
-    let post = |story: &str| {
-        app.client
-            .post(app.url(&format!("/v1/stories/{story}/events")))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(r#"{"type":"a","data":1}"#)
-            .send()
-    };
+    let post = |story: &str| app.post_as(story, &token, r#"{"type":"a","data":1}"#).send();
     assert_eq!(post("public:dragon").await.unwrap().status(), 201, "prefix pattern");
     assert_eq!(post("exact").await.unwrap().status(), 201, "exact pattern");
     assert_eq!(post("exactly").await.unwrap().status(), 403, "an exact pattern is not a prefix");

@@ -39,15 +39,21 @@ pub(crate) async fn broker(kind: Kind, retention: Retention) -> (Arc<dyn Broker>
         Kind::Memory => (Arc::new(MemoryBroker::new(retention)), None),
         Kind::Redis => {
             let server = RedisServer::start();
-            let config = RedisConfig {
-                retention,
-                command_timeout: Duration::from_millis(1_000),
-                ..RedisConfig::new(server.url())
-            };
-            let broker = RedisBroker::connect(config).await.expect("connect to the test redis-server");
-            (Arc::new(broker), Some(server))
+            (redis_broker(&server, retention).await, Some(server))
         }
     }
+}
+
+pub(crate) async fn redis_broker(server: &RedisServer, retention: Retention) -> Arc<dyn Broker> {
+    let config =
+        RedisConfig { retention, command_timeout: Duration::from_millis(1_000), ..RedisConfig::new(server.url()) };
+    Arc::new(RedisBroker::connect(config).await.expect("connect to the test redis-server"))
+}
+
+/// An app on a given redis-server (for tests that stop and restart it).
+pub(crate) async fn spawn_on_redis(server: RedisServer) -> Env {
+    let broker = redis_broker(&server, Retention::default()).await;
+    Env { app: spawn_app_with(broker, test_config()).await, redis: Some(server) }
 }
 
 pub(crate) async fn spawn(kind: Kind) -> Env {

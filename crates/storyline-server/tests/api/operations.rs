@@ -3,7 +3,7 @@
 use serde_json::json;
 use storyline_testkit::test_config;
 
-use crate::helpers::{Kind, assert_problem, both_brokers, spawn, spawn_with};
+use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, spawn, spawn_on_redis, spawn_with};
 
 both_brokers!(
     healthz_and_readyz_answer_200_without_a_token,
@@ -154,4 +154,39 @@ async fn when_redis_is_unreachable_posts_and_readyz_answer_503_with_retry_after(
     let ready = env.client.get(env.url("/readyz")).send().await.unwrap();
     assert_problem(ready, 503, "readyz while Redis is down").await;
     assert_eq!(env.client.get(env.url("/healthz")).send().await.unwrap().status(), 200, "liveness is unaffected");
+}
+
+/// Redis only: an outage neither ends open streams nor turns away new ones, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_restarts_streams_stay_open_and_every_acknowledged_event_arrives() {
+    const AOF: &[&str] = &["--appendonly", "yes", "--appendfsync", "always", "--save", ""];
+    let mut env = spawn_on_redis(storyline_testkit::RedisServer::start_with(AOF)).await;
+    let mut before = env.open_stream("s", Some("0")).await;
+    let first = env.publish("s", "chapter", json!("before")).await;
+    assert_eq!(before.next_event(FRAME).await.id.as_deref(), first["id"].as_str());
+
+    env.redis.as_mut().unwrap().kill();
+    assert_problem(env.post_event("s", "chapter", json!("lost?")).await, 503, "POST during the outage").await;
+    // A reader reconnecting during the outage is answered 200 (EventSource would give up on a 503) ...
+    let mut during = env.open_stream("s", first["id"].as_str()).await;
+    assert_eq!(during.status, 200, "stream open during a broker outage");
+
+    env.redis.as_mut().unwrap().restart(AOF);
+    // ... and once Redis is back, publishing works again and both streams continue.
+    let second = storyline_testkit::poll_until("POST succeeds after Redis restarts", FRAME, || async {
+        let response = env.post_event("s", "chapter", json!("after")).await;
+        if response.status() == 201 { response.json::<serde_json::Value>().await.ok() } else { None }
+    })
+    .await;
+    assert_eq!(before.next_event(FRAME).await.id.as_deref(), second["id"].as_str(), "the open stream continued");
+    assert_eq!(
+        during.next_event(FRAME).await.id.as_deref(),
+        second["id"].as_str(),
+        "the stream opened during the outage caught up"
+    );
+    assert_eq!(
+        env.all_ids("s").await,
+        vec![first["id"].as_str().unwrap(), second["id"].as_str().unwrap()],
+        "the 503 appended nothing"
+    );
 }

@@ -168,19 +168,10 @@ async fn replay_then_live_has_no_gap_and_no_duplicate_at_the_seam(kind: Kind) {
     }
     // Keep publishing while the reader replays, so appends land during the replay.
     let publisher = {
-        let (client, url, token) = (app.client.clone(), app.url("/v1/stories/s/events"), app.admin_token());
+        let publisher = app.publisher();
         tokio::spawn(async move {
             for n in 50..150 {
-                let body = json!({"type": "chapter", "data": n}).to_string();
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
+                publisher.publish("s", "chapter", json!(n)).await;
             }
         })
     };
@@ -200,19 +191,10 @@ async fn several_publishers_and_subscribers_each_see_every_event_once_in_order(k
         reader.next_frame(FRAME).await; // retry: — the stream is open and registered
     }
     let publishers = (0..4).map(|p| {
-        let (client, url, token) = (app.client.clone(), app.url("/v1/stories/s/events"), app.admin_token());
+        let publisher = app.publisher();
         tokio::spawn(async move {
             for n in 0..25 {
-                let body = json!({"type": "chapter", "data": {"p": p, "n": n}}).to_string();
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
+                publisher.publish("s", "chapter", json!({"p": p, "n": n})).await;
             }
         })
     });
