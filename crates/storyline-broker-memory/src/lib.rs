@@ -7,7 +7,7 @@
 //! What it is not: durable or shared. Events live as long as the process; two instances do not see each other's
 //! stories. Use the Redis broker for that.
 //!
-//! Memory: every story keeps at most `max_events` events plus the idempotency keys of the last
+//! Memory: every story keeps at most `max_events` events (fewer with `max_age`) plus the idempotency keys of the last
 //! `idempotency_window`. The number of stories is not bounded here (a story costs a few hundred bytes before
 //! its first event).
 
@@ -98,6 +98,25 @@ impl LogState {
         }
     }
 
+    /// Applies retention after appending `newest`: by age (relative to the newest id's time, as Redis does), then by
+    /// count. Records the newest trimmed id so resumes can tell a gap.
+    fn trim(&mut self, newest: EventId, retention: &Retention) {
+        if let Some(max_age) = retention.max_age {
+            let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+            let cutoff_ms = newest.ms.saturating_sub(max_age_ms);
+            while self.events.front().is_some_and(|e| e.id.ms < cutoff_ms) {
+                if let Some(trimmed) = self.events.pop_front() {
+                    self.trimmed_through = Some(trimmed.id);
+                }
+            }
+        }
+        while self.events.len() > retention.max_events.get() {
+            if let Some(trimmed) = self.events.pop_front() {
+                self.trimmed_through = Some(trimmed.id);
+            }
+        }
+    }
+
     fn read_after(&self, after: EventId, limit: usize) -> Vec<StoredEvent> {
         let start = self.events.partition_point(|e| e.id <= after);
         self.events.range(start..).take(limit).cloned().collect()
@@ -132,11 +151,7 @@ impl Broker for MemoryBroker {
             let receipt = stored.receipt();
             state.last_id = id;
             state.events.push_back(stored);
-            while state.events.len() > retention.max_events.get() {
-                if let Some(trimmed) = state.events.pop_front() {
-                    state.trimmed_through = Some(trimmed.id);
-                }
-            }
+            state.trim(id, &retention);
             if let Some(key) = idempotency_key {
                 state.idempotency.insert(key.as_str().to_owned(), receipt.clone());
                 state.idempotency_order.push_back((now, key.as_str().to_owned()));

@@ -10,7 +10,8 @@
 --          amortised per append
 -- ARGV[3]  idempotency window, milliseconds
 -- ARGV[4]  receipt suffix "<type> <ts>", remembered with the id under the idempotency key
--- ARGV[5..] the entry's field/value pairs
+-- ARGV[5]  max age in milliseconds, or 0 for no age limit
+-- ARGV[6..] the entry's field/value pairs
 --
 -- Returns {1, id} for a new event, or {0, "<id> <type> <ts>"} when the idempotency key was seen before.
 --
@@ -28,12 +29,28 @@ if idem then
   end
 end
 
-local id = redis.call('XADD', stream, '*', unpack(ARGV, 5))
+local id = redis.call('XADD', stream, '*', unpack(ARGV, 6))
 
 if idem then
   redis.call('SET', idem, id .. ' ' .. ARGV[4], 'PX', ARGV[3])
 end
 
+-- Age: drop entries whose time (the ms part of the id) is older than the new entry's time minus max age.
+-- Redis's clock assigned the new id, so no other clock is involved. One XREVRANGE finds the newest doomed id.
+local max_age = tonumber(ARGV[5])
+if max_age > 0 then
+  local cutoff = tonumber(string.match(id, '^(%d+)-')) - max_age
+  if cutoff > 0 then
+    local cutoff_id = string.format('%d-0', cutoff)
+    local doomed = redis.call('XREVRANGE', stream, '(' .. cutoff_id, '-', 'COUNT', 1)
+    if doomed[1] then
+      redis.call('XTRIM', stream, 'MINID', cutoff_id)
+      redis.call('HSET', meta, 'trimmed_through', doomed[1][1])
+    end
+  end
+end
+
+-- Count: trimmed after age, so a count trim records the newer trimmed id.
 local max, slack = tonumber(ARGV[1]), tonumber(ARGV[2])
 local len = redis.call('XLEN', stream)
 if len > max + slack then

@@ -183,6 +183,11 @@ impl Broker for RedisBroker {
             self.trim_slack().to_string(),
             window_ms.to_string(),
             format!("{} {}", event.event_type, event.ts),
+            self.inner
+                .retention
+                .max_age
+                .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+                .to_string(),
         ];
         args.extend(codec::fields(&event));
         let (fresh, answer): (i64, String) =

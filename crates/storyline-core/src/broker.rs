@@ -58,8 +58,11 @@ impl Default for PageLimit {
 /// How much history each story keeps, and for how long idempotency keys are remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Events kept per story (approximate in Redis: trimming happens in whole nodes, never below this).
+    /// Events kept per story (approximate in Redis: trimmed in small batches, never below this).
     pub max_events: NonZeroUsize,
+    /// Events older than this (by the millisecond part of their id) are removed when the story is next appended
+    /// to. `None` keeps events regardless of age. The newest event of a story is never removed for its age.
+    pub max_age: Option<Duration>,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
 }
@@ -68,6 +71,7 @@ impl Default for Retention {
     fn default() -> Self {
         Self {
             max_events: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            max_age: None,
             idempotency_window: Duration::from_secs(24 * 60 * 60),
         }
     }

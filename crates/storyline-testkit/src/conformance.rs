@@ -90,6 +90,7 @@ macro_rules! broker_conformance_tests {
             idempotency_key_is_forgotten_after_the_window,
             bounds_of_a_fresh_story_are_empty_and_track_the_oldest_event,
             retention_keeps_the_newest_events_and_reports_what_was_trimmed,
+            retention_by_age_drops_old_events_when_the_story_is_next_appended_to,
             tail_yields_backlog_then_live_events_in_order_exactly_once,
             tail_from_zero_starts_at_the_oldest_retained_event,
             tail_on_an_empty_story_yields_later_appends,
@@ -132,7 +133,7 @@ fn now_ms() -> u64 {
 }
 
 fn retention(max_events: usize, idempotency_window: Duration) -> Retention {
-    Retention { max_events: NonZeroUsize::new(max_events).expect("max_events > 0"), idempotency_window }
+    Retention { max_events: NonZeroUsize::new(max_events).expect("max_events > 0"), max_age: None, idempotency_window }
 }
 
 /// A `chapter` event numbered `n`: data `{"n":<n>}`, author `author-<n>`, a `traceparent` in its metadata.
@@ -653,6 +654,47 @@ pub async fn retention_keeps_the_newest_events_and_reports_what_was_trimmed(fact
     );
     let next = append(CASE, &*broker, &story, event(200)).await;
     assert!(next.id > ids[199], "{CASE}: ids keep increasing after trimming (never reused)");
+}
+
+/// Guarantee 6, by age: events older than `max_age` (by their id's time) go when the story is next appended to;
+/// the newest event stays; `trimmed_through` names the newest one removed.
+pub async fn retention_by_age_drops_old_events_when_the_story_is_next_appended_to(factory: &dyn BrokerFactory) {
+    const CASE: &str = "retention_by_age_drops_old_events_when_the_story_is_next_appended_to";
+    const MAX_AGE: Duration = Duration::from_millis(300);
+    // Arrange
+    let retention = Retention { max_age: Some(MAX_AGE), ..retention(1_000, Duration::from_secs(60)) };
+    let broker = factory.make(retention).await;
+    let story = story("aged");
+    let old = append_numbered(CASE, &*broker, &story, 0..3).await;
+
+    // Act: keep appending until the old events have aged out (each append applies the age rule).
+    let last_old = old.last().copied();
+    let mut n = 3;
+    let kept = poll_until(&format!("{CASE}: old events age out"), DEFAULT_DEADLINE, || {
+        n += 1;
+        let (broker, story) = (Arc::clone(&broker), story.clone());
+        async move {
+            append(CASE, &*broker, &story, event(n)).await;
+            let kept = read_all(CASE, &*broker, &story).await;
+            (kept.first().map(|e| e.id) > last_old).then_some(kept)
+        }
+    })
+    .await;
+
+    // Assert
+    let bounds = bounds(CASE, &*broker, &story).await;
+    assert!(!kept.is_empty(), "{CASE}: the newest event is never removed for its age");
+    let newest_ms = kept.last().map_or(0, |e| e.id.ms);
+    let max_age_ms = u64::try_from(MAX_AGE.as_millis()).unwrap_or(u64::MAX);
+    assert!(
+        kept.iter().all(|e| e.id.ms + max_age_ms >= newest_ms),
+        "{CASE}: every kept event is within max_age of the newest: {:?}",
+        ids_of(&kept)
+    );
+    let trimmed = bounds.trimmed_through.unwrap_or_else(|| panic!("{CASE}: trimmed_through is set"));
+    assert!(trimmed >= old[2] && trimmed < kept[0].id, "{CASE}: trimmed_through {trimmed} is the newest removed id");
+    assert_eq!(bounds.oldest, Some(kept[0].id), "{CASE}: bounds.oldest is the first retained id");
+    assert_eq!(bounds.gap_for(old[0]), Some(kept[0].id), "{CASE}: resuming from an aged-out event is a gap");
 }
 
 // --- tails ---

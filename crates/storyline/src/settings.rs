@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) cors_origins: Vec<String>,
     /// Events kept per story (approximate in Redis: never fewer).
     pub(crate) retention_max_events: usize,
+    /// Events older than this many seconds are dropped when their story is next appended to; 0 = no age limit.
+    pub(crate) retention_max_age_secs: u64,
     /// POST body limit, bytes.
     pub(crate) body_limit_bytes: usize,
     /// How long an Idempotency-Key is remembered, seconds.
@@ -64,6 +66,7 @@ impl Default for Settings {
             heartbeat_secs: 15,
             cors_origins: Vec::new(),
             retention_max_events: 10_000,
+            retention_max_age_secs: 0,
             body_limit_bytes: 64 * 1024,
             idempotency_window_secs: 24 * 60 * 60,
             retry_ms: 2_000,
@@ -99,6 +102,7 @@ const NOT_SETTINGS: &[&str] = &["config"];
 const NUMERIC: &[&str] = &[
     "heartbeat_secs",
     "retention_max_events",
+    "retention_max_age_secs",
     "body_limit_bytes",
     "idempotency_window_secs",
     "retry_ms",
@@ -204,6 +208,7 @@ impl Settings {
     pub(crate) fn retention(&self) -> Retention {
         Retention {
             max_events: NonZeroUsize::new(self.retention_max_events).unwrap_or(NonZeroUsize::MIN),
+            max_age: (self.retention_max_age_secs > 0).then(|| Duration::from_secs(self.retention_max_age_secs)),
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
         }
     }
