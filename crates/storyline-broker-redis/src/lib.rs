@@ -130,6 +130,18 @@ impl RedisBroker {
         })
     }
 
+    /// A pooled connection for a request, or `Unavailable` at once if it is known to be down: a client waiting on
+    /// a POST should get its 503 + Retry-After now, not after the command timeout. (A connection lost after this
+    /// check still fails within `command_timeout`.)
+    fn request_client(&self) -> Result<&Client, BrokerError> {
+        let client = self.inner.pool.next();
+        if client.is_connected() {
+            Ok(client)
+        } else {
+            Err(BrokerError::Unavailable("not connected to Redis (reconnecting)".into()))
+        }
+    }
+
     /// Trim slack: how far past `max_events` a log may grow before it is trimmed back. About 1% (at least 1,
     /// at most 1,000) keeps the trimming cost amortised to a fraction of an entry per append.
     fn trim_slack(&self) -> usize {
@@ -191,7 +203,7 @@ impl Broker for RedisBroker {
         ];
         args.extend(codec::fields(&event));
         let (fresh, answer): (i64, String) =
-            self.inner.append.evalsha_with_reload(self.inner.pool.next(), keys, args).await.map_err(unavailable)?;
+            self.inner.append.evalsha_with_reload(self.request_client()?, keys, args).await.map_err(unavailable)?;
         if fresh == 1 {
             let id = EventId::parse(&answer).map_err(|e| BrokerError::Corrupt(format!("XADD id {answer:?}: {e}")))?;
             let receipt = Receipt { id, story: story.clone(), event_type: event.event_type, ts: event.ts };
@@ -207,7 +219,7 @@ impl Broker for RedisBroker {
         after: EventId,
         limit: PageLimit,
     ) -> Result<Vec<StoredEvent>, BrokerError> {
-        read_page(self.inner.pool.next(), story, after, limit.get()).await
+        read_page(self.request_client()?, story, after, limit.get()).await
     }
 
     fn tail(&self, story: &StoryId, after: EventId) -> EventStream {
@@ -220,7 +232,7 @@ impl Broker for RedisBroker {
             .inner
             .bounds
             .evalsha_with_reload(
-                self.inner.pool.next(),
+                self.request_client()?,
                 vec![keys::log(story), keys::meta(story)],
                 Vec::<String>::new(),
             )
@@ -237,7 +249,7 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.inner.pool.next().ping::<()>(None).await.map_err(unavailable)
+        self.request_client()?.ping::<()>(None).await.map_err(unavailable)
     }
 }
 
