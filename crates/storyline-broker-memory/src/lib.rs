@@ -19,8 +19,8 @@ use std::{
 
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, IdempotencyKey, LogBounds, NewEvent, PageLimit, Receipt,
-    Retention, StoredEvent, StoryId,
+    Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, NewEvent, PageLimit, Receipt,
+    Retention, StoredEvent, StoryId, TailItem,
 };
 use tokio::sync::Notify;
 
@@ -175,19 +175,29 @@ impl Broker for MemoryBroker {
         let log = self.log(story);
         futures::stream::unfold((log, after, VecDeque::new()), |(log, mut cursor, mut buffer)| async move {
             loop {
-                if let Some(event) = buffer.pop_front() {
-                    return Some((Ok(event), (log, cursor, buffer)));
+                if let Some(item) = buffer.pop_front() {
+                    return Some((Ok(item), (log, cursor, buffer)));
                 }
                 // Register for the wake-up before looking, so an append between the look and the wait is not
                 // missed.
                 let appended = log.appended.notified();
                 tokio::pin!(appended);
                 appended.as_mut().enable();
-                let batch = lock(&log.state).read_after(cursor, TAIL_BATCH);
-                if let Some(last) = batch.last() {
-                    cursor = last.id;
-                    buffer.extend(batch);
-                } else {
+                {
+                    // The gap check and the read see one state: nothing can be trimmed in between.
+                    let state = lock(&log.state);
+                    let gap = Gap::after(cursor, state.trimmed_through, state.events.front().map(|e| e.id));
+                    if let (Some(gap), Some(trimmed)) = (gap, state.trimmed_through) {
+                        buffer.push_back(TailItem::Gap(gap));
+                        cursor = trimmed;
+                    }
+                    let batch = state.read_after(cursor, TAIL_BATCH);
+                    if let Some(last) = batch.last() {
+                        cursor = last.id;
+                    }
+                    buffer.extend(batch.into_iter().map(TailItem::Event));
+                }
+                if buffer.is_empty() {
                     appended.await;
                 }
             }

@@ -69,10 +69,20 @@ pub(crate) fn decode_entry(story: &StoryId, entry: Value) -> Result<StoredEvent,
     Ok(StoredEvent { id, story: story.clone(), event_type, data, author, ts, meta })
 }
 
-/// Decodes an XRANGE reply (`[[id, fields], ...]`).
-pub(crate) fn decode_entries(story: &StoryId, reply: Value) -> Result<Vec<StoredEvent>, BrokerError> {
+/// Decodes an XRANGE reply (`[[id, fields], ...]`). An entry storyline cannot read (written by something else,
+/// or corrupted) is logged and skipped, the same way on every read path, rather than failing every page that
+/// contains it forever.
+pub(crate) fn decode_entries(story: &StoryId, reply: Value) -> Vec<StoredEvent> {
     if reply.is_null() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
-    reply.into_array().into_iter().map(|e| decode_entry(story, e)).collect()
+    reply
+        .into_array()
+        .into_iter()
+        .filter_map(|entry| {
+            decode_entry(story, entry)
+                .map_err(|e| tracing::error!(story = %story, error = %e, "undecodable stream entry skipped"))
+                .ok()
+        })
+        .collect()
 }

@@ -23,17 +23,18 @@ use std::{sync::Arc, time::Duration};
 use fred::{prelude::*, types::scripts::Script};
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, EventType, IdempotencyKey, LogBounds, NewEvent, PageLimit,
-    Receipt, Retention, StoredEvent, StoryId,
+    Appended, Broker, BrokerError, EventId, EventStream, EventType, Gap, IdempotencyKey, LogBounds, NewEvent,
+    PageLimit, Receipt, Retention, StoredEvent, StoryId,
 };
 
 const APPEND_LUA: &str = include_str!("../scripts/append.lua");
-const BOUNDS_LUA: &str = include_str!("../scripts/bounds.lua");
+pub(crate) const BOUNDS_LUA: &str = include_str!("../scripts/bounds.lua");
+pub(crate) const READ_LUA: &str = include_str!("../scripts/read.lua");
 
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS is not enabled in this build).
+    /// `redis://[user:password@]host:port[/db]`. (`rediss://`, TLS, is not enabled in this build.)
     pub url: String,
     pub retention: Retention,
     /// Upper bound on any single command, including time spent waiting for a reconnect.
@@ -133,13 +134,18 @@ impl RedisBroker {
     /// A pooled connection for a request, or `Unavailable` at once if it is known to be down: a client waiting on
     /// a POST should get its 503 + Retry-After now, not after the command timeout. (A connection lost after this
     /// check still fails within `command_timeout`.)
+    /// After a restart the pool's connections come back one by one, so any connected member will do.
     fn request_client(&self) -> Result<&Client, BrokerError> {
-        let client = self.inner.pool.next();
-        if client.is_connected() {
-            Ok(client)
-        } else {
-            Err(BrokerError::Unavailable("not connected to Redis (reconnecting)".into()))
+        let next = self.inner.pool.next();
+        if next.is_connected() {
+            return Ok(next);
         }
+        self.inner
+            .pool
+            .clients()
+            .iter()
+            .find(|c| c.is_connected())
+            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis (reconnecting)".into()))
     }
 
     /// Trim slack: how far past `max_events` a log may grow before it is trimmed back. About 1% (at least 1,
@@ -157,7 +163,7 @@ async fn read_page(
 ) -> Result<Vec<StoredEvent>, BrokerError> {
     let start = format!("({after}");
     let reply: Value = client.xrange(keys::log(story), start, "+", Some(limit as u64)).await.map_err(unavailable)?;
-    codec::decode_entries(story, reply)
+    Ok(codec::decode_entries(story, reply))
 }
 
 fn parse_duplicate_receipt(story: &StoryId, prior: &str) -> Result<Receipt, BrokerError> {
@@ -228,24 +234,7 @@ impl Broker for RedisBroker {
     }
 
     async fn bounds(&self, story: &StoryId) -> Result<LogBounds, BrokerError> {
-        let (oldest, newest, trimmed): (String, String, String) = self
-            .inner
-            .bounds
-            .evalsha_with_reload(
-                self.request_client()?,
-                vec![keys::log(story), keys::meta(story)],
-                Vec::<String>::new(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let parse = |s: &str| -> Result<Option<EventId>, BrokerError> {
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                EventId::parse(s).map(Some).map_err(|e| BrokerError::Corrupt(e.to_string()))
-            }
-        };
-        Ok(LogBounds { oldest: parse(&oldest)?, newest: parse(&newest)?, trimmed_through: parse(&trimmed)? })
+        log_bounds(self.request_client()?, &self.inner.bounds, story).await
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
@@ -253,8 +242,39 @@ impl Broker for RedisBroker {
     }
 }
 
-/// The newest id in a story's log, or `EventId::ZERO` when it is empty: where a new live tail starts.
-pub(crate) async fn head(client: &Client, story: &StoryId) -> Result<EventId, BrokerError> {
-    let reply: Value = client.xrevrange(keys::log(story), "+", "-", Some(1)).await.map_err(unavailable)?;
-    Ok(codec::decode_entries(story, reply)?.first().map_or(EventId::ZERO, |e| e.id))
+/// The retained range of a story's log, in one round trip.
+pub(crate) async fn log_bounds(client: &Client, script: &Script, story: &StoryId) -> Result<LogBounds, BrokerError> {
+    let (oldest, newest, trimmed): (String, String, String) = script
+        .evalsha_with_reload(client, vec![keys::log(story), keys::meta(story)], Vec::<String>::new())
+        .await
+        .map_err(unavailable)?;
+    Ok(LogBounds {
+        oldest: parse_optional_id(&oldest)?,
+        newest: parse_optional_id(&newest)?,
+        trimmed_through: parse_optional_id(&trimmed)?,
+    })
+}
+
+/// A page after `after`, and the gap (if any) between `after` and the first retained event, read atomically.
+pub(crate) async fn read_page_checked(
+    client: &Client,
+    script: &Script,
+    story: &StoryId,
+    after: EventId,
+    limit: usize,
+) -> Result<(Option<Gap>, Vec<StoredEvent>), BrokerError> {
+    let (trimmed, oldest, entries): (String, String, Value) = script
+        .evalsha_with_reload(
+            client,
+            vec![keys::log(story), keys::meta(story)],
+            vec![format!("({after}"), limit.to_string()],
+        )
+        .await
+        .map_err(unavailable)?;
+    let gap = Gap::after(after, parse_optional_id(&trimmed)?, parse_optional_id(&oldest)?);
+    Ok((gap, codec::decode_entries(story, entries)))
+}
+
+fn parse_optional_id(s: &str) -> Result<Option<EventId>, BrokerError> {
+    if s.is_empty() { Ok(None) } else { EventId::parse(s).map(Some).map_err(|e| BrokerError::Corrupt(e.to_string())) }
 }

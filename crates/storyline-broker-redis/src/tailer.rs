@@ -25,17 +25,18 @@ use std::{
 
 use fred::{
     prelude::*,
-    types::{ClientUnblockFlag, config::Options},
+    types::{ClientUnblockFlag, config::Options, scripts::Script},
 };
 use futures::Stream;
-use storyline_core::{BrokerError, EventId, StoredEvent, StoryId};
+use storyline_core::{BrokerError, EventId, Gap, StoredEvent, StoryId, TailItem};
 use tokio::sync::{Notify, broadcast};
 
 use crate::{codec, keys};
 
 /// Entries buffered per story for tails that are momentarily behind. A tail that falls further behind catches up
-/// from Redis with XRANGE, so this bounds memory, not correctness.
-const CHANNEL_CAPACITY: usize = 1024;
+/// from Redis with XRANGE (gap-aware), so this bounds memory, not correctness: at most this many events per
+/// watched story (256 x the 64 KiB body limit = 16 MiB worst case), shared by all of its tails.
+const CHANNEL_CAPACITY: usize = 256;
 /// Entries read per story per XREAD.
 const READ_COUNT: u64 = 512;
 /// Entries read per XRANGE page while a tail catches up.
@@ -54,6 +55,10 @@ struct Shared {
     wanted_generation: AtomicU64,
     /// The generation the read loop's current XREAD was built from.
     reading_generation: AtomicU64,
+    /// The gap-aware page read used for catch-up.
+    read: Script,
+    /// The log bounds, for where a new story's cursor starts.
+    bounds: Script,
     /// Wakes the read loop when it idles with an empty read set, and when the broker is dropped.
     joined: Arc<Notify>,
 }
@@ -64,10 +69,18 @@ impl Drop for Shared {
     }
 }
 
+/// What the read loop publishes on a story's channel.
+#[derive(Debug, Clone)]
+enum Live {
+    Event(Arc<StoredEvent>),
+    /// The read loop itself fell behind retention: entries after `requested` were trimmed before it read them.
+    Gap(Gap),
+}
+
 #[derive(Debug)]
 struct StoryFeed {
     cursor: EventId,
-    tx: broadcast::Sender<Arc<StoredEvent>>,
+    tx: broadcast::Sender<Live>,
     tails: usize,
 }
 
@@ -98,6 +111,8 @@ impl Tailer {
     pub(crate) fn start(reader: Client, block: Duration) -> Self {
         let shared = Arc::new(Shared {
             reader,
+            read: Script::from_lua(crate::READ_LUA),
+            bounds: Script::from_lua(crate::BOUNDS_LUA),
             stories: Mutex::default(),
             wanted_generation: AtomicU64::new(0),
             reading_generation: AtomicU64::new(0),
@@ -112,11 +127,14 @@ impl Tailer {
         &self,
         client: &Client,
         story: &StoryId,
-    ) -> Result<(Registration, broadcast::Receiver<Arc<StoredEvent>>), BrokerError> {
+    ) -> Result<(Registration, broadcast::Receiver<Live>), BrokerError> {
         if let Some(found) = self.subscribe_existing(story) {
             return Ok(found);
         }
-        let head = crate::head(client, story).await?;
+        // Start after everything that exists or existed: an emptied story with a trimmed past must not look like
+        // a hole later.
+        let bounds = crate::log_bounds(client, &self.shared.bounds, story).await?;
+        let head = bounds.newest.max(bounds.trimmed_through).unwrap_or(EventId::ZERO);
         let (registration, rx, joined) = {
             let mut stories = lock(&self.shared.stories);
             let mut joined = false;
@@ -136,7 +154,7 @@ impl Tailer {
         Ok((registration, rx))
     }
 
-    fn subscribe_existing(&self, story: &StoryId) -> Option<(Registration, broadcast::Receiver<Arc<StoredEvent>>)> {
+    fn subscribe_existing(&self, story: &StoryId) -> Option<(Registration, broadcast::Receiver<Live>)> {
         let mut stories = lock(&self.shared.stories);
         let feed = stories.get_mut(story)?;
         feed.tails += 1;
@@ -149,7 +167,7 @@ impl Tailer {
         client: Client,
         story: StoryId,
         after: EventId,
-    ) -> impl Stream<Item = Result<StoredEvent, BrokerError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<TailItem, BrokerError>> + Send + 'static {
         let tailer = self.clone();
         async_stream_like(move |yielder| async move {
             let (_registration, mut rx) = match tailer.register(&client, &story).await {
@@ -158,22 +176,30 @@ impl Tailer {
             };
             let mut last = after;
             // Catch up from the log: everything after `last` up to the current head.
-            if let Err(e) = catch_up(&client, &story, &mut last, &yielder).await {
+            if let Err(e) = catch_up(&client, &tailer.shared.read, &story, &mut last, &yielder).await {
                 return yielder.send(Err(e)).await;
             }
             loop {
                 match rx.recv().await {
-                    Ok(event) => {
+                    Ok(Live::Gap(gap)) => {
+                        if gap.resumed_from > last {
+                            let gap = Gap { requested: last, resumed_from: gap.resumed_from };
+                            if !yielder.send(Ok(TailItem::Gap(gap))).await {
+                                return true;
+                            }
+                        }
+                    }
+                    Ok(Live::Event(event)) => {
                         if event.id > last {
                             last = event.id;
-                            if !yielder.send(Ok(StoredEvent::clone(&event))).await {
+                            if !yielder.send(Ok(TailItem::Event(StoredEvent::clone(&event)))).await {
                                 return true;
                             }
                         }
                     }
                     // Fell behind the channel: the missed entries are in Redis.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if let Err(e) = catch_up(&client, &story, &mut last, &yielder).await {
+                        if let Err(e) = catch_up(&client, &tailer.shared.read, &story, &mut last, &yielder).await {
                             return yielder.send(Err(e)).await;
                         }
                     }
@@ -186,14 +212,26 @@ impl Tailer {
     }
 }
 
-/// Pages through the log after `*last` until it is exhausted, yielding each event.
-async fn catch_up(client: &Client, story: &StoryId, last: &mut EventId, yielder: &Yielder) -> Result<(), BrokerError> {
+/// Pages through the log after `*last` until it is exhausted, yielding each event, and a gap first if retention
+/// removed events right after `*last`.
+async fn catch_up(
+    client: &Client,
+    script: &Script,
+    story: &StoryId,
+    last: &mut EventId,
+    yielder: &Yielder,
+) -> Result<(), BrokerError> {
     loop {
-        let page = crate::read_page(client, story, *last, CATCH_UP_PAGE).await?;
+        let (gap, page) = crate::read_page_checked(client, script, story, *last, CATCH_UP_PAGE).await?;
+        if let Some(gap) = gap
+            && !yielder.send(Ok(TailItem::Gap(gap))).await
+        {
+            return Ok(());
+        }
         let done = page.len() < CATCH_UP_PAGE;
         for event in page {
             *last = event.id;
-            if !yielder.send(Ok(event)).await {
+            if !yielder.send(Ok(TailItem::Event(event))).await {
                 return Ok(());
             }
         }
@@ -241,8 +279,21 @@ async fn read_loop(shared: std::sync::Weak<Shared>, block: Duration) {
             shared.reader.with_options(&options).xread(Some(READ_COUNT), Some(block_ms), keys, ids).await;
         match reply {
             Ok(reply) => {
-                backoff = Duration::from_millis(50);
-                publish(&shared, reply);
+                let batches = decode_reply(reply);
+                // Entries are published only with the trimming state read after them; if that read fails the
+                // cursors stay put and the next XREAD returns the same entries.
+                match trimmed_through(&shared.reader, &batches).await {
+                    Ok(trimmed) => {
+                        backoff = Duration::from_millis(50);
+                        publish(&shared, batches, &trimmed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis tail could not read trimming state; retrying");
+                        drop(shared);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
             }
             Err(e) if e.kind() == &fred::error::ErrorKind::Canceled => {}
             Err(e) => {
@@ -255,44 +306,87 @@ async fn read_loop(shared: std::sync::Weak<Shared>, block: Duration) {
     }
 }
 
-/// Publishes an XREAD reply (`[[key, [[id, fields], ...]], ...]`, or nil on timeout) to the story channels.
-fn publish(shared: &Shared, reply: Value) {
+/// Decodes an XREAD reply (`[[key, [[id, fields], ...]], ...]`, or nil on timeout) into per-story batches.
+fn decode_reply(reply: Value) -> Vec<(StoryId, Vec<StoredEvent>)> {
     if reply.is_null() {
-        return;
+        return Vec::new();
     }
-    for stream in reply.into_array() {
-        let mut parts = stream.into_array().into_iter();
-        let (Some(key), Some(entries)) = (parts.next(), parts.next()) else { continue };
-        let Some(story) = key.as_str().and_then(|k| keys::story_of_log(&k)) else { continue };
-        let mut stories = lock(&shared.stories);
+    reply
+        .into_array()
+        .into_iter()
+        .filter_map(|stream| {
+            let mut parts = stream.into_array().into_iter();
+            let (Some(key), Some(entries)) = (parts.next(), parts.next()) else { return None };
+            let story = key.as_str().and_then(|k| keys::story_of_log(&k))?;
+            let events = codec::decode_entries(&story, entries);
+            Some((story, events))
+        })
+        .collect()
+}
+
+/// The newest trimmed id of each story in `batches`, read after the entries (one pipelined round trip).
+async fn trimmed_through(
+    reader: &Client,
+    batches: &[(StoryId, Vec<StoredEvent>)],
+) -> Result<Vec<Option<EventId>>, BrokerError> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pipeline = reader.pipeline();
+    for (story, _) in batches {
+        let _: () = pipeline.hget(keys::meta(story), "trimmed_through").await.map_err(crate::unavailable)?;
+    }
+    let replies: Vec<Value> = pipeline.all().await.map_err(crate::unavailable)?;
+    replies
+        .iter()
+        .map(|v| match v.as_str() {
+            Some(s) if !s.is_empty() => EventId::parse(&s).map(Some).map_err(|e| BrokerError::Corrupt(e.to_string())),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// Publishes decoded batches to the story channels, advancing each story's cursor.
+///
+/// If retention trimmed entries after a story's cursor before this read (the read loop fell behind the log), a gap
+/// goes out first. `trimmed_through` is read after the XREAD, so when it is at or past the first new entry the
+/// trim may also have happened after the read; the gap is then reported conservatively (a reader may be told of a
+/// gap that held no events, never left with a silent one).
+fn publish(shared: &Shared, batches: Vec<(StoryId, Vec<StoredEvent>)>, trimmed: &[Option<EventId>]) {
+    let mut stories = lock(&shared.stories);
+    for ((story, events), trimmed) in batches.into_iter().zip(trimmed) {
         let Some(feed) = stories.get_mut(&story) else { continue };
-        for entry in entries.into_array() {
-            match codec::decode_entry(&story, entry) {
-                Ok(event) if event.id > feed.cursor => {
-                    feed.cursor = event.id;
-                    let _ = feed.tx.send(Arc::new(event));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(story = %story, error = %e, "undecodable stream entry skipped"),
+        let before = feed.cursor;
+        let mut first_new = true;
+        for event in events {
+            if event.id <= feed.cursor {
+                continue;
             }
+            if first_new && trimmed.is_some_and(|t| t > before) {
+                let _ = feed.tx.send(Live::Gap(Gap { requested: before, resumed_from: event.id }));
+            }
+            first_new = false;
+            feed.cursor = event.id;
+            let _ = feed.tx.send(Live::Event(Arc::new(event)));
         }
     }
 }
 
-// --- a minimal generator: a task-free stream fed by an async closure through a rendezvous channel ---
+// --- a minimal generator: a stream fed by a producer task through a small channel; the task is aborted when the
+// consumer drops the stream ---
 
 /// Sends items from a producer future to the stream returned by [`async_stream_like`].
 #[derive(Debug)]
-pub(crate) struct Yielder(tokio::sync::mpsc::Sender<Result<StoredEvent, BrokerError>>);
+pub(crate) struct Yielder(tokio::sync::mpsc::Sender<Result<TailItem, BrokerError>>);
 
 impl Yielder {
     /// Returns `false` when the consumer has gone away.
-    async fn send(&self, item: Result<StoredEvent, BrokerError>) -> bool {
+    async fn send(&self, item: Result<TailItem, BrokerError>) -> bool {
         self.0.send(item).await.is_ok()
     }
 }
 
-fn async_stream_like<F, Fut>(producer: F) -> impl Stream<Item = Result<StoredEvent, BrokerError>> + Send + 'static
+fn async_stream_like<F, Fut>(producer: F) -> impl Stream<Item = Result<TailItem, BrokerError>> + Send + 'static
 where
     F: FnOnce(Yielder) -> Fut,
     Fut: std::future::Future<Output = bool> + Send + 'static,

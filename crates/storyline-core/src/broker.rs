@@ -102,11 +102,7 @@ impl LogBounds {
     ///
     /// `EventId::ZERO` ("from the oldest retained event") never reports a gap: the client asked for what is kept.
     pub fn gap_for(&self, resume: EventId) -> Option<EventId> {
-        if resume.is_zero() {
-            return None;
-        }
-        let trimmed = self.trimmed_through?;
-        (resume < trimmed).then(|| self.oldest.unwrap_or(trimmed))
+        Gap::after(resume, self.trimmed_through, self.oldest).map(|gap| gap.resumed_from)
     }
 }
 
@@ -124,8 +120,37 @@ pub enum BrokerError {
     Corrupt(String),
 }
 
+/// Events after `requested` up to (not including) `resumed_from` were removed by retention before they could be
+/// delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The position the reader was at.
+    pub requested: EventId,
+    /// The next event that will be delivered (the oldest retained one), or, if nothing is retained, the newest
+    /// removed id.
+    pub resumed_from: EventId,
+}
+
+impl Gap {
+    /// The gap a reader at `position` faces, given the newest trimmed id and the oldest retained one, or `None`
+    /// when nothing after `position` was trimmed. [`EventId::ZERO`] ("from the oldest retained") never has one.
+    pub fn after(position: EventId, trimmed_through: Option<EventId>, oldest: Option<EventId>) -> Option<Self> {
+        let trimmed = trimmed_through?;
+        (!position.is_zero() && position < trimmed)
+            .then(|| Self { requested: position, resumed_from: oldest.filter(|o| *o > trimmed).unwrap_or(trimmed) })
+    }
+}
+
+/// What a tail yields.
+#[derive(Debug, Clone)]
+pub enum TailItem {
+    Event(StoredEvent),
+    /// Events were trimmed before they could be read; the following items continue from `resumed_from`.
+    Gap(Gap),
+}
+
 /// Events after a position, as they are appended. See [`Broker::tail`].
-pub type EventStream = BoxStream<'static, Result<StoredEvent, BrokerError>>;
+pub type EventStream = BoxStream<'static, Result<TailItem, BrokerError>>;
 
 /// The durable per-story event log. See the module docs for the guarantees every implementation owes.
 #[async_trait::async_trait]

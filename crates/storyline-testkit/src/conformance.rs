@@ -26,7 +26,7 @@ use std::{
 use futures::{StreamExt, future::BoxFuture};
 use storyline_core::{
     Appended, Broker, EventData, EventId, EventStream, EventType, IdempotencyKey, LogBounds, MAX_PAGE_LIMIT, Metadata,
-    NewEvent, PageLimit, Receipt, Retention, StoredEvent, StoryId,
+    NewEvent, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
 
 use crate::{DEFAULT_DEADLINE, poll_until};
@@ -92,6 +92,8 @@ macro_rules! broker_conformance_tests {
             retention_keeps_the_newest_events_and_reports_what_was_trimmed,
             retention_by_age_drops_old_events_when_the_story_is_next_appended_to,
             tail_yields_backlog_then_live_events_in_order_exactly_once,
+            a_tail_resuming_before_the_retained_history_yields_a_gap_first,
+            a_tail_that_falls_behind_retention_yields_a_gap_never_a_silent_hole,
             tail_from_zero_starts_at_the_oldest_retained_event,
             tail_on_an_empty_story_yields_later_appends,
             tail_keeps_up_with_appends_made_as_each_event_arrives,
@@ -242,8 +244,16 @@ fn assert_event(case: &str, got: &StoredEvent, id: EventId, story: &StoryId, sen
 
 /// The next item of a tail, failing the case on an error, on the end of the stream, or after [`ITEM_TIMEOUT`].
 async fn next_event(case: &str, tail: &mut EventStream, waiting_for: &str) -> StoredEvent {
+    match next_item(case, tail, waiting_for).await {
+        TailItem::Event(event) => event,
+        TailItem::Gap(gap) => panic!("{case}: unexpected {gap:?} while waiting for {waiting_for}"),
+    }
+}
+
+/// The next item of a tail (event or gap), failing the case on an error, the end, or after [`ITEM_TIMEOUT`].
+async fn next_item(case: &str, tail: &mut EventStream, waiting_for: &str) -> TailItem {
     match tokio::time::timeout(ITEM_TIMEOUT, tail.next()).await {
-        Ok(Some(Ok(event))) => event,
+        Ok(Some(Ok(item))) => item,
         Ok(Some(Err(e))) => panic!("{case}: tail failed while waiting for {waiting_for}: {e}"),
         Ok(None) => panic!("{case}: tail ended while waiting for {waiting_for}"),
         Err(_) => {
@@ -771,6 +781,67 @@ pub async fn tail_on_an_empty_story_yields_later_appends(factory: &dyn BrokerFac
     assert_next_is_fresh_append(CASE, &*broker, &story, &mut tail).await;
 }
 
+/// Guarantee 5: a tail asked to resume from a trimmed position says so (a gap naming the position and the oldest
+/// retained id), then yields the retained events.
+pub async fn a_tail_resuming_before_the_retained_history_yields_a_gap_first(factory: &dyn BrokerFactory) {
+    const CASE: &str = "a_tail_resuming_before_the_retained_history_yields_a_gap_first";
+    // Arrange
+    let broker = factory.make(retention(5, Duration::from_secs(60))).await;
+    let story = story("resume-gap");
+    let ids = append_numbered(CASE, &*broker, &story, 0..40).await;
+    let kept = ids_of(&read_all(CASE, &*broker, &story).await);
+
+    // Act
+    let mut tail = broker.tail(&story, ids[0]);
+
+    // Assert
+    match next_item(CASE, &mut tail, "the gap").await {
+        TailItem::Gap(gap) => {
+            assert_eq!((gap.requested, gap.resumed_from), (ids[0], kept[0]), "{CASE}: the gap names both ids");
+        }
+        TailItem::Event(e) => panic!("{CASE}: got event {} where a gap was due", e.id),
+    }
+    assert_eq!(next_ids(CASE, &mut tail, kept.len(), "the retained events").await, kept, "{CASE}");
+    let mut exact = broker.tail(&story, kept[0]);
+    assert_eq!(next_event(CASE, &mut exact, "no gap inside the retained range").await.id, kept[1], "{CASE}");
+}
+
+/// Guarantee 5, never a silent hole: a reader that stops reading while retention trims past its position gets a
+/// gap when it reads again, and then every retained event in order. (Redis: more appends than the live channel
+/// buffers, so the tail must catch up from the log.)
+pub async fn a_tail_that_falls_behind_retention_yields_a_gap_never_a_silent_hole(factory: &dyn BrokerFactory) {
+    const CASE: &str = "a_tail_that_falls_behind_retention_yields_a_gap_never_a_silent_hole";
+    // Arrange: a tail that has delivered the first event and then stops being read.
+    let broker = factory.make(retention(5, Duration::from_secs(60))).await;
+    let story = story("stalled");
+    let mut tail = broker.tail(&story, EventId::ZERO);
+    let first = append(CASE, &*broker, &story, event(0)).await.id;
+    assert_eq!(next_event(CASE, &mut tail, "the first event").await.id, first, "{CASE}");
+
+    // Act: far more appends than the log retains (and than any live buffer holds) while the tail is not read.
+    let ids = append_numbered(CASE, &*broker, &story, 1..1_500).await;
+
+    // Assert: walking the tail, every event is the next one in append order unless a gap says what was skipped.
+    let mut expected = 0; // index into ids of the next event due
+    while expected < ids.len() {
+        match next_item(CASE, &mut tail, &format!("event {expected} or a gap")).await {
+            TailItem::Event(e) => {
+                assert_eq!(e.id, ids[expected], "{CASE}: event out of order or skipped without a gap");
+                expected += 1;
+            }
+            TailItem::Gap(gap) => {
+                let at = if expected == 0 { first } else { ids[expected - 1] };
+                assert_eq!(gap.requested, at, "{CASE}: the gap starts at the last delivered event");
+                expected = ids
+                    .iter()
+                    .position(|id| *id == gap.resumed_from)
+                    .unwrap_or_else(|| panic!("{CASE}: gap resumes from unknown id {}", gap.resumed_from));
+            }
+        }
+    }
+    assert_next_is_fresh_append(CASE, &*broker, &story, &mut tail).await;
+}
+
 /// Guarantee 5, lock-step: a tail driven on another task while each event is appended the moment the previous
 /// one arrived. The append races the tail going back to waiting, where a lost wake-up would stall the tail.
 pub async fn tail_keeps_up_with_appends_made_as_each_event_arrives(factory: &dyn BrokerFactory) {
@@ -793,7 +864,8 @@ pub async fn tail_keeps_up_with_appends_made_as_each_event_arrives(factory: &dyn
     for n in 0..ROUNDS {
         let id = append(CASE, &*broker, &story, event(n)).await.id;
         let got = match tokio::time::timeout(ITEM_TIMEOUT, rx.recv()).await {
-            Ok(Some(Ok(event))) => event,
+            Ok(Some(Ok(TailItem::Event(event)))) => event,
+            Ok(Some(Ok(TailItem::Gap(gap)))) => panic!("{CASE}: unexpected {gap:?} in round {n}"),
             Ok(Some(Err(e))) => panic!("{CASE}: tail failed in round {n}: {e}"),
             Ok(None) => panic!("{CASE}: tail ended in round {n}"),
             Err(_) => panic!("{CASE}: event {id} (round {n}) not delivered within {ITEM_TIMEOUT:?}"),

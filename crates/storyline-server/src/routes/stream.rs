@@ -4,8 +4,10 @@
 //! with the one-line JSON envelope) and a `: keep-alive` comment every heartbeat period. Where to start:
 //! - no resume id: only events appended after the stream opened (the story's newest id at open time);
 //! - `0`: from the oldest retained event;
-//! - `<ms>-<seq>`: after that event; if retention has trimmed events after it, an `event: gap` frame first
-//!   (naming the requested id and the id resumed from), then the oldest retained events. Never a silent hole.
+//! - `<ms>-<seq>`: after that event. Whenever events due to the reader were trimmed by retention before they
+//!   could be delivered (an old resume point, or a reader that fell behind), an `event: gap` frame names the
+//!   last position and the id delivery resumes from. A resume id newer than anything in the story (a reset
+//!   store) also gets a gap frame, then the retained history. Never a silent hole.
 //!
 //! The broker tail yields the backlog and then live events with no gap or duplicate at the seam. If the broker
 //! is unreachable, at open or later, the stream stays open (heartbeats continue) and resumes after the last
@@ -19,7 +21,7 @@ use actix_web::{HttpRequest, Responder, get, web};
 use actix_web_lab::sse::{self, Sse};
 use futures::StreamExt;
 use serde::Deserialize;
-use storyline_core::{EventId, LogBounds, StoredEvent, StoryId};
+use storyline_core::{EventId, LogBounds, StoredEvent, StoryId, TailItem};
 use tokio::sync::mpsc;
 
 use crate::{auth::Principal, error::ApiError, meters, openapi::GapData, startup::AppState};
@@ -65,9 +67,11 @@ pub(crate) async fn stream(
 ) -> Result<impl Responder, ApiError> {
     let story = super::story_from_path(&path)?;
     principal.require_read(&story)?;
-    let resume = match req.headers().get("last-event-id") {
-        Some(v) => Some(super::event_id(v.to_str().unwrap_or("\u{0}"))?),
-        None => query.last_event_id.as_deref().map(super::event_id).transpose()?,
+    // An empty value means "no resume id" (what a client that has seen nothing yet may send).
+    let header = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}")).filter(|v| !v.is_empty());
+    let resume = match header {
+        Some(v) => Some(super::event_id(v)?),
+        None => query.last_event_id.as_deref().filter(|v| !v.is_empty()).map(super::event_id).transpose()?,
     };
     if state.shutdown.is_draining() {
         return Err(ApiError::Unavailable {
@@ -107,8 +111,8 @@ fn jittered(base: Duration) -> Duration {
     Duration::from_millis(base_ms.saturating_add(fastrand::u64(0..=base_ms / 2)))
 }
 
-/// Where a stream starts: after this id, with a gap notice first if retention trimmed events after the resume
-/// point.
+/// Where a stream starts: after this id, with a gap notice first when the resume id is one this story never
+/// issued. (Gaps from retention are reported by the broker tail itself, atomically with its reads.)
 #[derive(Debug, Clone, Copy)]
 struct StartPoint {
     after: EventId,
@@ -123,13 +127,22 @@ enum Start {
 }
 
 fn start_point(resume: Option<EventId>, bounds: LogBounds) -> StartPoint {
+    let newest = bounds.newest.unwrap_or(EventId::ZERO);
     match resume {
-        None => StartPoint { after: bounds.newest.unwrap_or(EventId::ZERO), gap: None },
-        Some(id) => StartPoint {
-            after: id,
-            gap: bounds.gap_for(id).map(|resumed_from| GapData { requested: id, resumed_from }),
+        None => StartPoint { after: newest, gap: None },
+        // Newer than anything in the story: the store was reset or the id belongs elsewhere. Waiting for the
+        // clock to pass it would be a silent hole; say so and replay what is retained.
+        Some(id) if id > newest => StartPoint {
+            after: EventId::ZERO,
+            gap: Some(GapData { requested: id, resumed_from: bounds.oldest.unwrap_or(EventId::ZERO) }),
         },
+        Some(id) => StartPoint { after: id, gap: None },
     }
+}
+
+/// `event: gap` with `{"requested", "resumed_from"}` and no `id:` (so the client's Last-Event-ID stays where it was).
+fn gap_frame(gap: GapData) -> sse::Event {
+    sse::Data::new(serde_json::to_string(&gap).unwrap_or_default()).event("gap").into()
 }
 
 fn frame(event: &StoredEvent) -> sse::Event {
@@ -157,11 +170,10 @@ async fn pump(state: web::Data<AppState>, story: StoryId, start: Start, tx: mpsc
             backoff = (backoff * 2).min(RETRY_MAX);
         },
     };
-    if let Some(gap) = start.gap {
-        let data = serde_json::to_string(&gap).unwrap_or_default();
-        if tx.send(sse::Data::new(data).event("gap").into()).await.is_err() {
-            return;
-        }
+    if let Some(gap) = start.gap
+        && tx.send(gap_frame(gap)).await.is_err()
+    {
+        return;
     }
     let mut cursor = start.after;
     backoff = RETRY_MIN;
@@ -174,13 +186,23 @@ async fn pump(state: web::Data<AppState>, story: StoryId, start: Start, tx: mpsc
                 next = tail.next() => next,
             };
             match next {
-                Some(Ok(event)) => {
+                Some(Ok(TailItem::Event(event))) => {
                     backoff = RETRY_MIN;
                     cursor = event.id;
                     if tx.send(frame(&event)).await.is_err() {
                         return;
                     }
                     meters::delivered();
+                }
+                Some(Ok(TailItem::Gap(gap))) => {
+                    tracing::info!(story = %story, requested = %gap.requested, resumed_from = %gap.resumed_from, "gap: events were trimmed before delivery");
+                    if tx
+                        .send(gap_frame(GapData { requested: gap.requested, resumed_from: gap.resumed_from }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(story = %story, error = %e, "stream tail failed; retrying");

@@ -23,6 +23,9 @@ both_brokers!(
     idle_streams_receive_heartbeat_comments,
     shutdown_ends_open_streams_cleanly,
     streams_of_different_stories_are_independent,
+    a_reader_that_stops_reading_while_retention_trims_gets_a_gap_frame_never_a_silent_hole,
+    an_empty_resume_id_means_no_resume_id,
+    a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history,
 );
 
 async fn a_stream_starts_with_a_jittered_retry_and_sets_no_buffering_headers(kind: Kind) {
@@ -266,4 +269,62 @@ async fn streams_of_different_stories_are_independent(kind: Kind) {
     let in_a = app.publish("a", "chapter", json!("a")).await;
     assert_eq!(a.next_event(FRAME).await.id.as_deref(), in_a["id"].as_str());
     assert_eq!(b.next_event(FRAME).await.id.as_deref(), in_b["id"].as_str());
+}
+
+async fn a_reader_that_stops_reading_while_retention_trims_gets_a_gap_frame_never_a_silent_hole(kind: Kind) {
+    let app = spawn_with(kind, retention(5), test_config()).await;
+    let mut stream = app.open_stream("s", None).await;
+    let first = app.publish("s", "chapter", json!("first")).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(first.as_str()));
+    // Stop reading while far more is published than socket buffers and the log hold (600 x 60 KB, 5 retained).
+    let pad = "x".repeat(60_000);
+    let publisher = app.publisher();
+    let mut ids = Vec::new();
+    for n in 0..600 {
+        ids.push(
+            publisher.publish("s", "chapter", json!({"n": n, "pad": pad})).await["id"].as_str().unwrap().to_owned(),
+        );
+    }
+    // Every event that arrives is the next in append order, unless a gap frame says what was skipped.
+    let (mut expected, mut gaps) = (0, 0);
+    while expected < ids.len() {
+        let frame = stream.next_event(FRAME).await;
+        if frame.event.as_deref() == Some("gap") {
+            gaps += 1;
+            let gap = frame.json();
+            let at = if expected == 0 { first.clone() } else { ids[expected - 1].clone() };
+            assert_eq!(gap["requested"], at.as_str(), "the gap starts at the last delivered event");
+            let resumed = gap["resumed_from"].as_str().unwrap();
+            expected = ids.iter().position(|id| id == resumed).expect("the gap resumes at a published id");
+        } else {
+            assert_eq!(frame.id.as_deref(), Some(ids[expected].as_str()), "event {expected}: skipped without a gap");
+            expected += 1;
+        }
+    }
+    assert!(gaps > 0, "the reader fell behind retention, so at least one gap frame was due");
+}
+
+async fn an_empty_resume_id_means_no_resume_id(kind: Kind) {
+    let app = spawn(kind).await;
+    app.publish("s", "old", json!(1)).await;
+    let by_header =
+        app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).header("last-event-id", "");
+    let mut stream = app.open_stream_request(by_header).await;
+    assert_eq!(stream.status, 200);
+    let by_query = app.client.get(app.url("/v1/stories/s/stream?last_event_id=")).bearer_auth(app.admin_token());
+    let mut stream2 = app.open_stream_request(by_query).await;
+    assert_eq!(stream2.status, 200);
+    let fresh = app.publish("s", "new", json!(2)).await;
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), fresh["id"].as_str(), "live only (header)");
+    assert_eq!(stream2.next_event(FRAME).await.id.as_deref(), fresh["id"].as_str(), "live only (query)");
+}
+
+async fn a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history(kind: Kind) {
+    let app = spawn(kind).await;
+    let only = app.publish("s", "chapter", json!(1)).await["id"].as_str().unwrap().to_owned();
+    let mut stream = app.open_stream("s", Some("99999999999999-0")).await;
+    let gap = stream.next_event(FRAME).await;
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    assert_eq!(gap.json(), json!({"requested": "99999999999999-0", "resumed_from": only}));
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(only.as_str()), "then the retained history");
 }
