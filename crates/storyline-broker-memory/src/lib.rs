@@ -7,9 +7,10 @@
 //! What it is not: durable or shared. Events live as long as the process; two instances do not see each other's
 //! stories. Use the Redis broker for that.
 //!
-//! Memory: every story keeps at most `max_events` events (fewer with `max_age`) plus the idempotency keys of the last
-//! `idempotency_window`. The number of stories is not bounded here (a story costs a few hundred bytes before
-//! its first event).
+//! Memory: every story keeps at most `max_events` events (fewer with `max_age`); idempotency keys are forgotten
+//! after `idempotency_window` in every story, written to or not; a story entry that holds no events, keys or tails
+//! is removed (so opening streams on made-up story ids costs nothing once they close). The number of stories
+//! with events is not bounded here.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -37,6 +38,9 @@ pub struct MemoryBroker {
 struct Inner {
     retention: Retention,
     stories: Mutex<HashMap<StoryId, Arc<StoryLog>>>,
+    /// Every remembered idempotency key, oldest first. The window is constant, so this is also expiry order, and
+    /// sweeping it on each append forgets keys of idle stories too (amortised O(1) per append).
+    key_expiry: Mutex<VecDeque<(Instant, StoryId, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,23 +54,86 @@ struct LogState {
     events: VecDeque<StoredEvent>,
     last_id: EventId,
     trimmed_through: Option<EventId>,
-    idempotency: HashMap<String, Receipt>,
-    /// Keys in the order they were stored; since the window is constant this is also expiry order.
-    idempotency_order: VecDeque<(Instant, String)>,
+    /// Remembered keys, with when they were stored.
+    idempotency: HashMap<String, (Receipt, Instant)>,
+    /// Open tails on this story (an entry with no events, keys or tails is removed).
+    tails: usize,
 }
 
 impl MemoryBroker {
     pub fn new(retention: Retention) -> Self {
-        Self { inner: Arc::new(Inner { retention, stories: Mutex::default() }) }
+        Self { inner: Arc::new(Inner { retention, stories: Mutex::default(), key_expiry: Mutex::default() }) }
     }
 
-    fn log(&self, story: &StoryId) -> Arc<StoryLog> {
+    /// The story's log, created if needed, with `f` run on its state while the map lock is still held, so that
+    /// [`MemoryBroker::remove_if_unused`] cannot drop the entry between the lookup and `f` (lock order: map, then
+    /// story).
+    fn with_log<R>(&self, story: &StoryId, f: impl FnOnce(&mut LogState) -> R) -> (Arc<StoryLog>, R) {
         let mut stories = lock(&self.inner.stories);
-        Arc::clone(stories.entry(story.clone()).or_default())
+        let log = Arc::clone(stories.entry(story.clone()).or_default());
+        let result = f(&mut lock(&log.state));
+        drop(stories);
+        (log, result)
     }
 
     fn existing_log(&self, story: &StoryId) -> Option<Arc<StoryLog>> {
         lock(&self.inner.stories).get(story).cloned()
+    }
+
+    /// Forgets idempotency keys older than the window, in every story.
+    fn expire_idempotency_keys(&self, now: Instant) {
+        let window = self.inner.retention.idempotency_window;
+        loop {
+            let expired = {
+                let mut queue = lock(&self.inner.key_expiry);
+                match queue.front() {
+                    Some((stored_at, _, _)) if now.duration_since(*stored_at) >= window => queue.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((stored_at, story, key)) = expired else { return };
+            if let Some(log) = self.existing_log(&story) {
+                let mut state = lock(&log.state);
+                // Only the entry this queue item recorded (a key can be stored again after it expired).
+                if state.idempotency.get(&key).is_some_and(|(_, at)| *at == stored_at) {
+                    state.idempotency.remove(&key);
+                }
+                drop(state);
+                self.remove_if_unused(&story);
+            }
+        }
+    }
+
+    /// Drops a story entry that holds nothing: no events, no keys, no tails.
+    fn remove_if_unused(&self, story: &StoryId) {
+        let mut stories = lock(&self.inner.stories);
+        let unused = stories.get(story).is_some_and(|log| {
+            let state = lock(&log.state);
+            state.events.is_empty()
+                && state.idempotency.is_empty()
+                && state.tails == 0
+                && state.trimmed_through.is_none()
+        });
+        if unused {
+            stories.remove(story);
+        }
+    }
+}
+
+/// Counts a tail on its story while alive, and removes the story entry afterwards if nothing else uses it.
+#[derive(Debug)]
+struct TailGuard {
+    broker: MemoryBroker,
+    story: StoryId,
+}
+
+impl Drop for TailGuard {
+    fn drop(&mut self) {
+        if let Some(log) = self.broker.existing_log(&self.story) {
+            let mut state = lock(&log.state);
+            state.tails = state.tails.saturating_sub(1);
+        }
+        self.broker.remove_if_unused(&self.story);
     }
 }
 
@@ -87,17 +154,6 @@ fn now_ms() -> u64 {
 }
 
 impl LogState {
-    fn expire_idempotency_keys(&mut self, now: Instant, window: std::time::Duration) {
-        while let Some((stored_at, _)) = self.idempotency_order.front() {
-            if now.duration_since(*stored_at) < window {
-                break;
-            }
-            if let Some((_, key)) = self.idempotency_order.pop_front() {
-                self.idempotency.remove(&key);
-            }
-        }
-    }
-
     /// Applies retention after appending `newest`: by age (relative to the newest id's time, as Redis does), then by
     /// count. Records the newest trimmed id so resumes can tell a gap.
     fn trim(&mut self, newest: EventId, retention: &Retention) {
@@ -135,14 +191,12 @@ impl Broker for MemoryBroker {
         event: NewEvent,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BrokerError> {
-        let log = self.log(story);
+        let now = Instant::now();
+        self.expire_idempotency_keys(now);
         let retention = self.inner.retention;
-        let appended = {
-            let mut state = lock(&log.state);
-            let now = Instant::now();
-            state.expire_idempotency_keys(now, retention.idempotency_window);
+        let (log, appended) = self.with_log(story, |state| {
             if let Some(key) = idempotency_key
-                && let Some(receipt) = state.idempotency.get(key.as_str())
+                && let Some((receipt, _)) = state.idempotency.get(key.as_str())
             {
                 return Ok(Appended { receipt: receipt.clone(), duplicate: true });
             }
@@ -153,11 +207,15 @@ impl Broker for MemoryBroker {
             state.events.push_back(stored);
             state.trim(id, &retention);
             if let Some(key) = idempotency_key {
-                state.idempotency.insert(key.as_str().to_owned(), receipt.clone());
-                state.idempotency_order.push_back((now, key.as_str().to_owned()));
+                state.idempotency.insert(key.as_str().to_owned(), (receipt.clone(), now));
+                lock(&self.inner.key_expiry).push_back((now, story.clone(), key.as_str().to_owned()));
             }
-            Appended { receipt, duplicate: false }
-        };
+            Ok(Appended { receipt, duplicate: false })
+        });
+        let appended = appended?;
+        if appended.duplicate {
+            return Ok(appended);
+        }
         log.appended.notify_waiters();
         Ok(appended)
     }
@@ -172,11 +230,13 @@ impl Broker for MemoryBroker {
     }
 
     fn tail(&self, story: &StoryId, after: EventId) -> EventStream {
-        let log = self.log(story);
-        futures::stream::unfold((log, after, VecDeque::new()), |(log, mut cursor, mut buffer)| async move {
+        let (log, ()) = self.with_log(story, |state| state.tails += 1);
+        let guard = TailGuard { broker: self.clone(), story: story.clone() };
+        let state = (log, after, VecDeque::new(), guard);
+        futures::stream::unfold(state, |(log, mut cursor, mut buffer, guard)| async move {
             loop {
                 if let Some(item) = buffer.pop_front() {
-                    return Some((Ok(item), (log, cursor, buffer)));
+                    return Some((Ok(item), (log, cursor, buffer, guard)));
                 }
                 // Register for the wake-up before looking, so an append between the look and the wait is not
                 // missed.
@@ -221,5 +281,69 @@ impl Broker for MemoryBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use storyline_core::{EventData, EventType, Metadata};
+
+    use super::*;
+
+    fn story(s: &str) -> StoryId {
+        StoryId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn event() -> NewEvent {
+        NewEvent {
+            event_type: EventType::parse("chapter").unwrap_or_else(|e| panic!("{e}")),
+            data: EventData::from_json_text("1").unwrap_or_else(|e| panic!("{e}")),
+            author: "a".into(),
+            ts: 1,
+            meta: Metadata::new(),
+        }
+    }
+
+    fn stories(broker: &MemoryBroker) -> usize {
+        lock(&broker.inner.stories).len()
+    }
+
+    #[tokio::test]
+    async fn streams_on_made_up_stories_leave_nothing_behind() {
+        let broker = MemoryBroker::default();
+        let mut tails: Vec<_> = (0..100).map(|n| broker.tail(&story(&format!("nobody-{n}")), EventId::ZERO)).collect();
+        for tail in &mut tails {
+            assert!(tokio::time::timeout(Duration::from_millis(1), tail.next()).await.is_err(), "nothing to yield");
+        }
+        assert_eq!(stories(&broker), 100, "each open tail has its story entry");
+        drop(tails);
+        assert_eq!(stories(&broker), 0, "closed tails on empty stories leave no entries");
+        broker.append(&story("real"), event(), None).await.unwrap_or_else(|e| panic!("{e}"));
+        drop(broker.tail(&story("real"), EventId::ZERO));
+        assert_eq!(stories(&broker), 1, "a story with events stays");
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_of_idle_stories_expire_too() {
+        let window = Duration::from_millis(50);
+        let broker = MemoryBroker::new(Retention { idempotency_window: window, ..Retention::default() });
+        let key = IdempotencyKey::parse("k").unwrap_or_else(|e| panic!("{e}"));
+        broker.append(&story("idle"), event(), Some(&key)).await.unwrap_or_else(|e| panic!("{e}"));
+        let idle_keys = || {
+            lock(&broker.existing_log(&story("idle")).map(|l| Arc::clone(&l)).unwrap_or_default().state)
+                .idempotency
+                .len()
+        };
+        assert_eq!(idle_keys(), 1);
+        // Appends elsewhere sweep expired keys of every story; poll rather than assume timing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while idle_keys() > 0 {
+            assert!(Instant::now() < deadline, "the idle story's key was never forgotten");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            broker.append(&story("busy"), event(), None).await.unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!   [`BrokerError::Unavailable`] instead of hanging while Redis is away; the client reconnects with backoff and
 //!   open tails continue from where they were once it is back.
 //!
-//! Keys are laid out in [`keys`]; the stored form of an event in [`codec`]. Redis 7.0 or newer is required.
+//! Keys are laid out in [`keys`]; the stored form of an event in [`codec`]. Redis 6.2 or newer is required (checked at connect).
 
 mod codec;
 mod keys;
@@ -72,8 +72,24 @@ struct Inner {
     tailer: tailer::Tailer,
 }
 
+/// Redis replies that mean "not now" rather than "never".
+const TRANSIENT_REPLIES: &[&str] = &["LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+
+/// Maps a fred error: connection trouble and transient server states are `Unavailable` (clients get 503 and
+/// retry); any other error reply is `Rejected` (500), because retrying a script error or a wrong-type key forever
+/// while readiness stays green helps nobody.
 pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+    use fred::error::ErrorKind as K;
+    let transient_kind = matches!(
+        e.kind(),
+        K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing | K::Sentinel | K::Auth
+    );
+    let details = e.details();
+    if transient_kind || TRANSIENT_REPLIES.iter().any(|p| details.starts_with(p)) {
+        BrokerError::Unavailable(e.to_string())
+    } else {
+        BrokerError::Rejected(e.to_string())
+    }
 }
 
 fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
@@ -112,7 +128,7 @@ impl RedisBroker {
             reader.wait_for_connect().await
         };
         match tokio::time::timeout(config.command_timeout, connected).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => check_version(&pool).await?,
             Ok(Err(e)) => tracing::warn!(error = %e, "Redis connection failed; retrying in the background"),
             Err(_) => tracing::warn!(
                 timeout = ?config.command_timeout,
@@ -253,6 +269,24 @@ pub(crate) async fn log_bounds(client: &Client, script: &Script, story: &StoryId
         newest: parse_optional_id(&newest)?,
         trimmed_through: parse_optional_id(&trimmed)?,
     })
+}
+
+/// Oldest Redis this adapter works with: XTRIM MINID and exclusive XRANGE bounds arrived in 6.2.
+const MIN_REDIS: (u32, u32) = (6, 2);
+
+/// Refuses a Redis older than [`MIN_REDIS`], loudly, at start.
+async fn check_version(pool: &Pool) -> Result<(), BrokerError> {
+    let info: String = pool.next().info(Some(fred::types::InfoKind::Server)).await.map_err(unavailable)?;
+    let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("").trim().to_owned();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_REDIS {
+        return Err(BrokerError::Rejected(format!(
+            "Redis {version} is too old: storyline needs Redis {}.{} or newer",
+            MIN_REDIS.0, MIN_REDIS.1
+        )));
+    }
+    Ok(())
 }
 
 /// A page after `after`, and the gap (if any) between `after` and the first retained event, read atomically.

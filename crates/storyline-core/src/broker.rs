@@ -115,6 +115,10 @@ pub enum BrokerError {
     /// The story's log cannot take another id (the sequence within a millisecond overflowed).
     #[error("story log is full: no further ids can be assigned")]
     IdSpaceExhausted,
+    /// The store refused the operation for a reason retrying will not fix (an incompatible server version, a
+    /// wrong-type key, a script error): a bug or a misconfiguration, not an outage.
+    #[error("broker rejected the operation: {0}")]
+    Rejected(String),
     /// The store answered with something this adapter cannot interpret; a bug or a foreign writer.
     #[error("broker returned corrupt data: {0}")]
     Corrupt(String),

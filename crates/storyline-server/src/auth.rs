@@ -220,7 +220,7 @@ impl JwtKeys {
         let now = now_secs();
         let claims = Claims {
             sub: sub.to_owned(),
-            exp: now + lifetime.as_secs(),
+            exp: now.saturating_add(lifetime.as_secs()),
             iat: Some(now),
             scope: scope.to_owned(),
             tier,

@@ -38,7 +38,7 @@ pub(crate) fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(EVENTS_PUBLISHED, Unit::Count, "Events appended to a story log, by event type (bounded).");
+    describe_counter!(EVENTS_PUBLISHED, Unit::Count, "Events appended to a story log, by the publisher's tier.");
     describe_counter!(
         IDEMPOTENT_REPLAYS,
         Unit::Count,

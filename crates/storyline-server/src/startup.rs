@@ -61,8 +61,8 @@ pub struct Application {
 const ROUTES: &[(&str, &str)] = &[
     ("/v1/stories/{story}/events", "GET, POST"),
     ("/v1/stories/{story}/stream", "GET"),
-    ("/healthz", "GET"),
-    ("/readyz", "GET"),
+    ("/healthz", "GET, HEAD"),
+    ("/readyz", "GET, HEAD"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
 ];

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const INSTALL_HINT: &str = "redis-server was not found on PATH. The Redis tests need a real Redis 7: \
+const INSTALL_HINT: &str = "redis-server was not found on PATH. The Redis tests need a real Redis (6.2 or newer): \
      install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu) or run ./scripts/test.sh, \
      which installs it for you.";
 
@@ -84,7 +84,10 @@ impl RedisServer {
                 use std::io::{Read, Write};
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 16];
-                if stream.write_all(b"PING\r\n").is_ok()
+                // The PONG must come from our child, not from another test's server that took the port.
+                let ours_alive = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                if ours_alive
+                    && stream.write_all(b"PING\r\n").is_ok()
                     && matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
                 {
                     return true;

@@ -56,8 +56,8 @@ enum Command {
         /// guest, member, agent or admin.
         #[arg(long)]
         tier: Option<Tier>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Lifetime in seconds (at most ten years).
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
         ttl_secs: u64,
     },
     /// Print the OpenAPI document.
@@ -82,9 +82,9 @@ fn main() -> ExitCode {
                 settings.listen = listen;
             }
             if redis_url.is_some() {
-                settings.redis_url = redis_url;
+                settings.redis_url = redis_url.filter(|u| !u.trim().is_empty());
             }
-            if let Err(e) = settings.listen_addr() {
+            if let Err(e) = settings.revalidate() {
                 eprintln!("storyline: {e:#}");
                 return ExitCode::from(EXIT_CONFIG);
             }
@@ -126,7 +126,10 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match format {
         LogFormat::Json => fmt().json().with_env_filter(filter).with_current_span(false).init(),
-        LogFormat::Text => fmt().with_env_filter(filter).init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal()).init();
+        }
     }
 }
 

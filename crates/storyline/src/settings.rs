@@ -166,13 +166,21 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let settings: Self = figment.merge(EnvSource::new(env)?).extract().context("invalid configuration")?;
+        let mut settings: Self = figment.merge(EnvSource::new(env)?).extract().context("invalid configuration")?;
+        // An empty value means "not set" (e.g. STORYLINE_REDIS_URL= in a compose file selects memory).
+        settings.redis_url = settings.redis_url.filter(|u| !u.trim().is_empty());
+        settings.jwt_secret = settings.jwt_secret.filter(|s| !s.is_empty());
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://"))
+        {
+            bail!("redis_url {:?} must be a redis:// URL (redis://[user:pass@]host:port[/db])", redact_url(url));
+        }
         if self.retention_max_events == 0 {
             bail!("retention_max_events must be at least 1");
         }
@@ -199,6 +207,11 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Validates again after command-line overrides.
+    pub(crate) fn revalidate(&self) -> anyhow::Result<()> {
+        self.validate()
     }
 
     pub(crate) fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -290,11 +303,19 @@ mod tests {
             (&[("STORYLINE_CORS_ORIGINS", "*")], "cors_origins"),
             (&[("STORYLINE_NO_SUCH_THING", "1")], "unknown setting"),
             (&[("STORYLINE_LOG_FORMAT", "xml")], "log_format"),
+            (&[("STORYLINE_REDIS_URL", "not a url")], "redis_url"),
         ];
         for (vars, needle) in cases {
             let err = Settings::load(None, env(vars)).err().map(|e| format!("{e:#}")).unwrap_or_default();
             assert!(err.contains(needle), "case {vars:?}: error {err:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let s = Settings::load(None, env(&[("STORYLINE_REDIS_URL", ""), ("STORYLINE_JWT_SECRET", "")]))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!((s.redis_url, s.jwt_secret), (None, None), "memory broker, ephemeral secret");
     }
 
     #[test]

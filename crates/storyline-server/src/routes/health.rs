@@ -1,13 +1,13 @@
 //! Liveness, readiness, metrics and the OpenAPI document. None of these needs a token.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, get, route, web};
 use utoipa::OpenApi;
 
 use crate::{error::ApiError, openapi::ApiDoc, startup::AppState};
 
 /// Liveness: the process is up and serving HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
-#[get("/healthz")]
+#[route("/healthz", method = "GET", method = "HEAD")]
 pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok")
 }
@@ -17,7 +17,7 @@ pub(crate) async fn healthz() -> HttpResponse {
     (status = 200, description = "Ready", body = String, content_type = "text/plain"),
     (status = 503, description = "Broker unreachable or shutting down", body = crate::Problem, content_type = "application/problem+json"),
 ))]
-#[get("/readyz")]
+#[route("/readyz", method = "GET", method = "HEAD")]
 pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Unavailable {

@@ -26,10 +26,10 @@ struct Page<'a> {
     params(
         ("story" = String, Path, description = "Story id"),
         ("after" = Option<String>, Query, description = "Return events after this id (`<ms>-<seq>`); `0` or absent: from the oldest retained"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1..1000 (default 100)"),
     ),
     responses(
-        (status = 200, description = "A page of events, oldest first. `next` is the `after` for the following page, or null when this page was not full.", body = HistoryPage),
+        (status = 200, description = "A page of events, oldest first. `next` is the `after` for the following page, or null when this page was not full. History does not signal events removed by retention; the stream's `gap` frame does.", body = HistoryPage),
         (status = 400, description = "Bad story id, `after` or `limit`", body = crate::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks read scope for this story", body = crate::Problem, content_type = "application/problem+json"),

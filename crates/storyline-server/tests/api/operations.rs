@@ -8,7 +8,7 @@ use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, spawn, spawn_on_
 both_brokers!(
     healthz_and_readyz_answer_200_without_a_token,
     metrics_are_prometheus_text_without_a_token,
-    the_openapi_document_is_served_and_matches_the_code,
+    the_openapi_document_is_served_and_lists_every_route,
     unknown_paths_are_404_and_wrong_methods_405_as_problem_json,
     every_response_carries_nosniff,
     cors_allows_only_configured_origins,
@@ -19,6 +19,8 @@ async fn healthz_and_readyz_answer_200_without_a_token(kind: Kind) {
     for path in ["/healthz", "/readyz"] {
         let response = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
+        let head = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path} (load balancers health-check with HEAD)");
     }
 }
 
@@ -40,7 +42,7 @@ async fn metrics_are_prometheus_text_without_a_token(kind: Kind) {
     assert!(!text.contains("story=\""), "no story ids as labels");
 }
 
-async fn the_openapi_document_is_served_and_matches_the_code(kind: Kind) {
+async fn the_openapi_document_is_served_and_lists_every_route(kind: Kind) {
     let app = spawn(kind).await;
     let served: serde_json::Value =
         app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
@@ -60,7 +62,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405_as_problem_json(kind: Kind)
     let cases = [
         (reqwest::Method::DELETE, "/v1/stories/s/events", "GET, POST"),
         (reqwest::Method::POST, "/v1/stories/s/stream", "GET"),
-        (reqwest::Method::PUT, "/healthz", "GET"),
+        (reqwest::Method::PUT, "/healthz", "GET, HEAD"),
     ];
     for (method, path, allow) in cases {
         let response =
@@ -189,4 +191,22 @@ async fn when_redis_restarts_streams_stay_open_and_every_acknowledged_event_arri
         vec![first["id"].as_str().unwrap(), second["id"].as_str().unwrap()],
         "the 503 appended nothing"
     );
+}
+
+/// Redis only: an error reply that retrying cannot fix (here a wrong-type key) is a 500, not a 503 that clients
+/// would retry forever while readiness stays green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_error_reply_is_a_500_without_retry_after_and_the_cause_is_not_leaked() {
+    let env = spawn(Kind::Redis).await;
+    let port = env.redis.as_ref().unwrap().port().to_string();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "SET", "storyline:{broken}:log", "not-a-stream"])
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    assert!(out.status.success());
+    let response = env.post_event("broken", "chapter", json!(1)).await;
+    assert!(response.headers().get("retry-after").is_none());
+    let problem = assert_problem(response, 500, "wrong-type key").await;
+    assert!(!problem["detail"].as_str().unwrap().contains("WRONGTYPE"), "the cause stays in the logs: {problem}");
+    assert_eq!(env.client.get(env.url("/readyz")).send().await.unwrap().status(), 200);
 }
