@@ -1,0 +1,191 @@
+//! A minimal incremental Server-Sent Events parser and the payload marks (`seq`, `sent_us`) subscribers measure.
+//!
+//! It keeps only what the benchmark needs: the `data` of each dispatched event. `id`, `event`, `retry` and
+//! comments are skipped. Input may be split anywhere (inside a line, between CR and LF). Lines and event data
+//! are bounded so a misbehaving server cannot make the generator grow without limit.
+
+/// Longest line or event data the parser accepts.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error("an SSE line or event is longer than {limit} bytes")]
+    TooLong { limit: usize },
+}
+
+/// Incremental parser state.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// A line whose end has not arrived yet.
+    partial: Vec<u8>,
+    /// The `data` lines of the current event, joined with `\n`.
+    data: Vec<u8>,
+    has_data: bool,
+    /// The previous input ended with CR: a leading LF in the next input belongs to the same line ending.
+    after_cr: bool,
+}
+
+impl SseParser {
+    pub fn new() -> SseParser {
+        SseParser::default()
+    }
+
+    /// Feeds decoded body bytes; calls `on_event` with the data of every event completed by them.
+    pub fn feed(&mut self, mut input: &[u8], mut on_event: impl FnMut(&[u8])) -> Result<(), SseError> {
+        loop {
+            if self.after_cr {
+                if input.is_empty() {
+                    return Ok(());
+                }
+                input = input.strip_prefix(b"\n").unwrap_or(input);
+                self.after_cr = false;
+            }
+            let Some(end) = input.iter().position(|b| *b == b'\n' || *b == b'\r') else {
+                if self.partial.len() + input.len() > MAX_LINE_BYTES {
+                    return Err(SseError::TooLong { limit: MAX_LINE_BYTES });
+                }
+                self.partial.extend_from_slice(input);
+                return Ok(());
+            };
+            if self.partial.is_empty() {
+                self.line(&input[..end], &mut on_event)?;
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&input[..end]);
+                self.line(&line, &mut on_event)?;
+                line.clear();
+                self.partial = line;
+            }
+            self.after_cr = input[end] == b'\r';
+            input = &input[end + 1..];
+        }
+    }
+
+    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(&[u8])) -> Result<(), SseError> {
+        if line.is_empty() {
+            if self.has_data {
+                on_event(&self.data);
+            }
+            self.data.clear();
+            self.has_data = false;
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let (field, value) = match line.iter().position(|b| *b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        if field == b"data" {
+            if self.data.len() + value.len() + 1 > MAX_LINE_BYTES {
+                return Err(SseError::TooLong { limit: MAX_LINE_BYTES });
+            }
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        Ok(())
+    }
+}
+
+/// What a benchmark payload carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    pub seq: u64,
+    pub sent_us: u64,
+}
+
+/// Finds `"seq":<n>` and `"sent_us":<n>` anywhere in an event's data, so it works whether the server wraps the
+/// published body in an envelope (storyline) or relays it as is (nchan, pushpin). `None` for other events
+/// (heartbeats, gap notices, anything without both numbers).
+pub fn extract_marks(data: &[u8]) -> Option<Marks> {
+    Some(Marks { seq: find_number(data, b"\"seq\":")?, sent_us: find_number(data, b"\"sent_us\":")? })
+}
+
+/// The unsigned integer after the first occurrence of `key` (spaces allowed before it).
+fn find_number(haystack: &[u8], key: &[u8]) -> Option<u64> {
+    let at = haystack.windows(key.len()).position(|w| w == key)?;
+    let rest = &haystack[at + key.len()..];
+    let digits = rest.iter().skip_while(|b| **b == b' ');
+    let mut value: u64 = 0;
+    let mut any = false;
+    for b in digits.take_while(|b| b.is_ascii_digit()) {
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_in_pieces(input: &[u8], piece: usize) -> Vec<String> {
+        let mut parser = SseParser::new();
+        let mut events = Vec::new();
+        for chunk in input.chunks(piece) {
+            parser.feed(chunk, |data| events.push(String::from_utf8_lossy(data).into_owned())).unwrap();
+        }
+        events
+    }
+
+    #[test]
+    fn events_come_out_the_same_however_the_input_is_split() {
+        let input = b"retry: 1500\n\n: keep-alive\n\nid: 1-0\nevent: bench\ndata: {\"seq\":1}\n\ndata: two\n\n";
+        for piece in 1..input.len() {
+            assert_eq!(parse_in_pieces(input, piece), vec!["{\"seq\":1}", "two"], "pieces of {piece} bytes");
+        }
+    }
+
+    #[test]
+    fn crlf_and_lone_cr_line_endings() {
+        let input = b"data: a\r\n\r\ndata: b\r\rdata: c\n\r\n";
+        for piece in 1..input.len() {
+            assert_eq!(parse_in_pieces(input, piece), vec!["a", "b", "c"], "pieces of {piece} bytes");
+        }
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_with_newlines() {
+        assert_eq!(parse_in_pieces(b"data: one\ndata:two\ndata\n\n", 100), vec!["one\ntwo\n"]);
+    }
+
+    #[test]
+    fn comments_and_frames_without_data_dispatch_nothing() {
+        assert!(parse_in_pieces(b": keep-alive\n\nretry: 2000\n\nid: 5\n\n", 3).is_empty());
+    }
+
+    #[test]
+    fn an_unterminated_event_is_not_dispatched() {
+        assert!(parse_in_pieces(b"data: half", 4).is_empty());
+    }
+
+    #[test]
+    fn overlong_lines_are_an_error() {
+        let mut parser = SseParser::new();
+        let big = vec![b'a'; MAX_LINE_BYTES + 1];
+        assert_eq!(parser.feed(&big, |_| {}), Err(SseError::TooLong { limit: MAX_LINE_BYTES }));
+    }
+
+    #[test]
+    fn marks_are_found_in_an_envelope_and_in_a_raw_body() {
+        let envelope = br#"{"id":"1-0","story":"bench-0","type":"bench","data":{"seq":42,"sent_us":1700000000123456,"pad":"xx"},"author":"b","ts":1}"#;
+        assert_eq!(extract_marks(envelope), Some(Marks { seq: 42, sent_us: 1_700_000_000_123_456 }));
+        let raw = br#"{"sent_us": 5, "seq": 0}"#;
+        assert_eq!(extract_marks(raw), Some(Marks { seq: 0, sent_us: 5 }));
+    }
+
+    #[test]
+    fn events_without_marks_are_ignored() {
+        for data in [&br#"{"requested":"1-0","resumed_from":"2-0"}"#[..], b"", br#"{"seq":"1","sent_us":2}"#] {
+            assert_eq!(extract_marks(data), None, "{}", String::from_utf8_lossy(data));
+        }
+        assert_eq!(extract_marks(br#"{"seq":99999999999999999999999,"sent_us":1}"#), None, "overflow");
+    }
+}
