@@ -20,8 +20,8 @@ use std::{
 
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, NewEvent, PageLimit, Receipt,
-    Retention, StoredEvent, StoryId, TailItem,
+    Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, NewEvent, Page, PageLimit,
+    Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
 use tokio::sync::Notify;
 
@@ -220,13 +220,17 @@ impl Broker for MemoryBroker {
         Ok(appended)
     }
 
-    async fn read_after(
-        &self,
-        story: &StoryId,
-        after: EventId,
-        limit: PageLimit,
-    ) -> Result<Vec<StoredEvent>, BrokerError> {
-        Ok(self.existing_log(story).map(|log| lock(&log.state).read_after(after, limit.get())).unwrap_or_default())
+    async fn read_after(&self, story: &StoryId, after: EventId, limit: PageLimit) -> Result<Page, BrokerError> {
+        Ok(self
+            .existing_log(story)
+            .map(|log| {
+                let state = lock(&log.state);
+                Page {
+                    gap: Gap::after(after, state.trimmed_through, state.events.front().map(|e| e.id)),
+                    events: state.read_after(after, limit.get()),
+                }
+            })
+            .unwrap_or_default())
     }
 
     fn tail(&self, story: &StoryId, after: EventId) -> EventStream {

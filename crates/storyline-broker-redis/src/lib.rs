@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use fred::{prelude::*, types::scripts::Script};
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, EventType, Gap, IdempotencyKey, LogBounds, NewEvent,
+    Appended, Broker, BrokerError, EventId, EventStream, EventType, Gap, IdempotencyKey, LogBounds, NewEvent, Page,
     PageLimit, Receipt, Retention, StoredEvent, StoryId,
 };
 
@@ -69,6 +69,7 @@ struct Inner {
     retention: Retention,
     append: Script,
     bounds: Script,
+    read: Script,
     tailer: tailer::Tailer,
 }
 
@@ -142,6 +143,7 @@ impl RedisBroker {
                 retention: config.retention,
                 append: Script::from_lua(APPEND_LUA),
                 bounds: Script::from_lua(BOUNDS_LUA),
+                read: Script::from_lua(READ_LUA),
                 tailer,
             }),
         })
@@ -169,17 +171,6 @@ impl RedisBroker {
     fn trim_slack(&self) -> usize {
         (self.inner.retention.max_events.get() / 100).clamp(1, 1_000)
     }
-}
-
-async fn read_page(
-    client: &Client,
-    story: &StoryId,
-    after: EventId,
-    limit: usize,
-) -> Result<Vec<StoredEvent>, BrokerError> {
-    let start = format!("({after}");
-    let reply: Value = client.xrange(keys::log(story), start, "+", Some(limit as u64)).await.map_err(unavailable)?;
-    Ok(codec::decode_entries(story, reply))
 }
 
 fn parse_duplicate_receipt(story: &StoryId, prior: &str) -> Result<Receipt, BrokerError> {
@@ -235,13 +226,10 @@ impl Broker for RedisBroker {
         }
     }
 
-    async fn read_after(
-        &self,
-        story: &StoryId,
-        after: EventId,
-        limit: PageLimit,
-    ) -> Result<Vec<StoredEvent>, BrokerError> {
-        read_page(self.request_client()?, story, after, limit.get()).await
+    async fn read_after(&self, story: &StoryId, after: EventId, limit: PageLimit) -> Result<Page, BrokerError> {
+        let (gap, events) =
+            read_page_checked(self.request_client()?, &self.inner.read, story, after, limit.get()).await?;
+        Ok(Page { gap, events })
     }
 
     fn tail(&self, story: &StoryId, after: EventId) -> EventStream {

@@ -145,6 +145,14 @@ impl Gap {
     }
 }
 
+/// A page of a story's log: the events after a position and, if retention removed events right after that
+/// position, the gap (read atomically with the events).
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub gap: Option<Gap>,
+    pub events: Vec<StoredEvent>,
+}
+
 /// What a tail yields.
 #[derive(Debug, Clone)]
 pub enum TailItem {
@@ -170,13 +178,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BrokerError>;
 
-    /// Up to `limit` events with ids greater than `after`, oldest first.
-    async fn read_after(
-        &self,
-        story: &StoryId,
-        after: EventId,
-        limit: PageLimit,
-    ) -> Result<Vec<StoredEvent>, BrokerError>;
+    /// Up to `limit` events with ids greater than `after`, oldest first, and the gap if events right after
+    /// `after` were removed by retention.
+    async fn read_after(&self, story: &StoryId, after: EventId, limit: PageLimit) -> Result<Page, BrokerError>;
 
     /// Every event after `after`: the retained backlog first, then new events as they are appended.
     fn tail(&self, story: &StoryId, after: EventId) -> EventStream;

@@ -17,7 +17,7 @@ mod idempotency;
 mod story_id;
 
 pub use broker::{
-    Appended, Broker, BrokerError, DEFAULT_PAGE_LIMIT, EventStream, Gap, LogBounds, MAX_PAGE_LIMIT, PageLimit,
+    Appended, Broker, BrokerError, DEFAULT_PAGE_LIMIT, EventStream, Gap, LogBounds, MAX_PAGE_LIMIT, Page, PageLimit,
     Retention, TailItem,
 };
 pub use envelope::{Envelope, EventData, EventDataError, MAX_DATA_DEPTH, Metadata, NewEvent, Receipt, StoredEvent};

@@ -201,6 +201,7 @@ async fn read(case: &str, broker: &dyn Broker, story: &StoryId, after: EventId, 
         .read_after(story, after, limit)
         .await
         .unwrap_or_else(|e| panic!("{case}: read_after({after}) on {story} failed: {e}"))
+        .events
 }
 
 /// The whole retained log of a story, paging with the largest page.
@@ -802,6 +803,16 @@ pub async fn a_tail_resuming_before_the_retained_history_yields_a_gap_first(fact
         TailItem::Event(e) => panic!("{CASE}: got event {} where a gap was due", e.id),
     }
     assert_eq!(next_ids(CASE, &mut tail, kept.len(), "the retained events").await, kept, "{CASE}");
+    let page = broker
+        .read_after(&story, ids[0], PageLimit::new(100).expect("1..=1000"))
+        .await
+        .unwrap_or_else(|e| panic!("{CASE}: read_after failed: {e}"));
+    assert_eq!(
+        page.gap.map(|g| (g.requested, g.resumed_from)),
+        Some((ids[0], kept[0])),
+        "{CASE}: a page read from a trimmed position reports the same gap"
+    );
+    assert_eq!(ids_of(&page.events), kept, "{CASE}: and the retained events");
     let mut exact = broker.tail(&story, kept[0]);
     assert_eq!(next_event(CASE, &mut exact, "no gap inside the retained range").await.id, kept[1], "{CASE}");
 }

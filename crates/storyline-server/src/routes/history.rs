@@ -55,13 +55,14 @@ pub(crate) async fn history(
             .and_then(PageLimit::new)
             .ok_or_else(|| ApiError::BadQuery(format!("limit must be an integer from 1 to {MAX_PAGE_LIMIT}")))?,
     };
-    let events = super::with_broker(
+    let page = super::with_broker(
         state.config.broker_timeout,
         state.config.retry_after_secs,
         state.broker.read_after(&story, after, limit),
     )
     .await?;
+    let events = page.events;
     let next = if events.len() == limit.get() { events.last().map(|e| e.id) } else { None };
-    let page = Page { events: events.iter().map(|e| e.envelope()).collect(), next };
-    Ok(HttpResponse::Ok().json(page))
+    let body = Page { events: events.iter().map(|e| e.envelope()).collect(), next };
+    Ok(HttpResponse::Ok().json(body))
 }
