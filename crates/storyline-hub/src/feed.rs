@@ -1,0 +1,244 @@
+//! One story's feed: the upstream task that reads the broker once for all local subscribers, the window of
+//! encoded frames it fills, and the subscribers' cursors into it.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use storyline_core::{Broker, BrokerError, EventId, Gap, StoryId, TailItem};
+use tokio::{sync::Notify, task::AbortHandle};
+
+use crate::{HubConfig, Inner, frame};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What a window holds: an encoded event frame, or a note that the upstream itself lost events to retention.
+#[derive(Debug, Clone)]
+enum Entry {
+    Frame { id: EventId, bytes: Bytes },
+    Gap(Gap),
+}
+
+impl Entry {
+    /// Position in the story: a frame at its id; a gap at the id it resumes from (and before that frame).
+    fn position(&self) -> EventId {
+        match self {
+            Self::Frame { id, .. } => *id,
+            Self::Gap(gap) => gap.resumed_from,
+        }
+    }
+}
+
+/// Invariant: once `base` is set, every event of the story with an id greater than `base` and at most `head` is
+/// in `entries` (or a gap entry says it was trimmed before the upstream read it).
+#[derive(Debug, Default)]
+struct Window {
+    entries: VecDeque<Entry>,
+    /// `None` until the upstream knows where it starts.
+    base: Option<EventId>,
+}
+
+#[derive(Debug)]
+pub(crate) struct FeedShared {
+    story: StoryId,
+    config: HubConfig,
+    window: RwLock<Window>,
+    changed: Notify,
+}
+
+impl FeedShared {
+    pub(crate) fn new(story: StoryId, config: HubConfig) -> Self {
+        Self { story, config, window: RwLock::default(), changed: Notify::new() }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Window> {
+        self.window.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Window> {
+        self.window.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, entry: Entry) {
+        {
+            let mut window = self.write();
+            window.entries.push_back(entry);
+            while window.entries.len() > self.config.window.max(1) {
+                if let Some(evicted) = window.entries.pop_front() {
+                    window.base = Some(evicted.position());
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// A story's feed, alive while a subscriber holds it; dropping the last one stops the upstream.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    shared: Arc<FeedShared>,
+    upstream: AbortHandle,
+    hub: Weak<Inner>,
+}
+
+impl Feed {
+    pub(crate) fn new(shared: Arc<FeedShared>, upstream: AbortHandle, hub: Weak<Inner>) -> Self {
+        Self { shared, upstream, hub }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.upstream.abort();
+        if let Some(hub) = self.hub.upgrade() {
+            hub.release(&self.shared.story);
+        }
+    }
+}
+
+/// Reads the story once for every local subscriber: from its newest event on, encoding each event once.
+pub(crate) async fn upstream(shared: Arc<FeedShared>, broker: Arc<dyn Broker>) {
+    let story = shared.story.clone();
+    let mut backoff = BACKOFF_MIN;
+    // Start after everything that exists or existed: subscribers behind that catch up from the log.
+    let mut cursor = loop {
+        match broker.bounds(&story).await {
+            Ok(bounds) => break bounds.newest.max(bounds.trimmed_through).unwrap_or(EventId::ZERO),
+            Err(e) => {
+                tracing::debug!(story = %story, error = %e, "feed cannot start yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    };
+    shared.write().base = Some(cursor);
+    shared.changed.notify_waiters();
+    loop {
+        let mut tail = broker.tail(&story, cursor);
+        while let Some(item) = tail.next().await {
+            match item {
+                Ok(TailItem::Event(event)) => {
+                    backoff = BACKOFF_MIN;
+                    cursor = event.id;
+                    shared.push(Entry::Frame { id: event.id, bytes: frame::encode_event(&event) });
+                }
+                Ok(TailItem::Gap(gap)) => shared.push(Entry::Gap(gap)),
+                Err(e) => {
+                    tracing::warn!(story = %story, error = %e, "feed upstream failed; retrying");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One subscriber: a cursor into its story's feed.
+#[derive(Debug)]
+pub struct Subscription {
+    feed: Arc<Feed>,
+    broker: Arc<dyn Broker>,
+    config: HubConfig,
+    cursor: EventId,
+    pending: VecDeque<Bytes>,
+}
+
+enum Fill {
+    /// Frames were queued.
+    Filled,
+    /// The window has nothing after the cursor: wait for the upstream.
+    Wait,
+    /// The cursor is behind the window (or the window has not started): read the log.
+    CatchUp,
+}
+
+impl Subscription {
+    pub(crate) fn new(feed: Arc<Feed>, broker: Arc<dyn Broker>, config: HubConfig, after: EventId) -> Self {
+        Self { feed, broker, config, cursor: after, pending: VecDeque::new() }
+    }
+
+    /// The id of the last event handed out (or the starting point).
+    pub fn cursor(&self) -> EventId {
+        self.cursor
+    }
+
+    /// The next SSE frame: an event (shared bytes) or a gap notice.
+    ///
+    /// Cancel-safe: dropping the future loses nothing (the cursor only moves once frames are queued, and queued
+    /// frames are handed out synchronously).
+    pub async fn next(&mut self) -> Result<Bytes, BrokerError> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Ok(frame);
+            }
+            let shared = Arc::clone(&self.feed.shared);
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.fill_from_window() {
+                Fill::Filled => {}
+                Fill::Wait => changed.await,
+                Fill::CatchUp => {
+                    if !self.catch_up().await? {
+                        changed.await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn fill_from_window(&mut self) -> Fill {
+        let window = self.feed.shared.read();
+        let Some(base) = window.base else { return Fill::CatchUp };
+        if self.cursor < base {
+            return Fill::CatchUp;
+        }
+        let start = window.entries.partition_point(|e| e.position() <= self.cursor);
+        if start == window.entries.len() {
+            return Fill::Wait;
+        }
+        for entry in window.entries.range(start..).take(self.config.batch.max(1)) {
+            match entry {
+                Entry::Frame { id, bytes } => {
+                    self.pending.push_back(bytes.clone());
+                    self.cursor = *id;
+                }
+                Entry::Gap(gap) => self
+                    .pending
+                    .push_back(frame::encode_gap(Gap { requested: self.cursor, resumed_from: gap.resumed_from })),
+            }
+        }
+        Fill::Filled
+    }
+
+    /// Reads one page of the log after the cursor. Returns whether anything was queued.
+    async fn catch_up(&mut self) -> Result<bool, BrokerError> {
+        let story = self.feed.shared.story.clone();
+        let page = self.broker.read_after(&story, self.cursor, self.config.catch_up_page).await?;
+        if let Some(gap) = page.gap {
+            self.pending.push_back(frame::encode_gap(gap));
+        }
+        if page.events.is_empty() {
+            // Nothing after the cursor in the log. If the window is already past the cursor, what it saw
+            // between is gone from the log (a reset store): say so and join the window.
+            let window = self.feed.shared.read();
+            if let Some(base) = window.base.filter(|b| *b > self.cursor) {
+                let resumed_from = window.entries.front().map_or(base, Entry::position);
+                self.pending.push_back(frame::encode_gap(Gap { requested: self.cursor, resumed_from }));
+                self.cursor = base;
+            }
+            return Ok(!self.pending.is_empty());
+        }
+        for event in page.events {
+            self.cursor = event.id;
+            self.pending.push_back(frame::encode_event(&event));
+        }
+        Ok(true)
+    }
+}
