@@ -41,6 +41,17 @@ struct Window {
     entries: VecDeque<Entry>,
     /// `None` until the upstream knows where it starts.
     base: Option<EventId>,
+    /// Sum of the frames' lengths.
+    bytes: usize,
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match self {
+            Self::Frame { bytes, .. } => bytes.len(),
+            Self::Gap(_) => 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -67,9 +78,14 @@ impl FeedShared {
     fn push(&self, entry: Entry) {
         {
             let mut window = self.write();
+            window.bytes += entry.len();
             window.entries.push_back(entry);
-            while window.entries.len() > self.config.window.max(1) {
+            // Keep at least the newest entry, so live subscribers are always served from the window.
+            while window.entries.len() > 1
+                && (window.entries.len() > self.config.window.max(1) || window.bytes > self.config.window_bytes)
+            {
                 if let Some(evicted) = window.entries.pop_front() {
+                    window.bytes -= evicted.len();
                     window.base = Some(evicted.position());
                 }
             }

@@ -32,9 +32,10 @@ use storyline_core::{Broker, EventId, PageLimit, StoryId};
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
-    /// Frames kept per story for subscribers that are momentarily behind (memory per active story is about this
-    /// times the average frame size).
+    /// Frames kept per story for subscribers that are momentarily behind.
     pub window: usize,
+    /// Bytes of frames kept per story, whichever limit is hit first: the memory budget of an active story.
+    pub window_bytes: usize,
     /// Events read per broker page while a subscriber catches up.
     pub catch_up_page: PageLimit,
     /// Frames a subscriber takes from the window per lock.
@@ -43,7 +44,12 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { window: 1024, catch_up_page: PageLimit::new(256).unwrap_or_default(), batch: 64 }
+        Self {
+            window: 1024,
+            window_bytes: 4 * 1024 * 1024,
+            catch_up_page: PageLimit::new(256).unwrap_or_default(),
+            batch: 64,
+        }
     }
 }
 

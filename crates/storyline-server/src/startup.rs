@@ -18,6 +18,8 @@ use actix_web::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use storyline_core::Broker;
+use storyline_hub::{Hub, HubConfig};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{auth::JwtKeys, config::ServerConfig, error::ApiError, meters, routes};
@@ -28,6 +30,10 @@ pub struct AppState {
     pub broker: Arc<dyn Broker>,
     pub config: ServerConfig,
     pub shutdown: Shutdown,
+    /// The fan-out engine: one broker tail per story, frames encoded once.
+    pub(crate) hub: Hub,
+    /// One process-wide heartbeat tick every stream listens to (no timer per stream).
+    pub(crate) heartbeats: watch::Receiver<u64>,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -82,7 +88,16 @@ impl Application {
         let keys = web::Data::new(JwtKeys::new(&config.jwt_secret));
         let workers = config.workers;
         let grace = config.shutdown_grace;
-        let state = web::Data::new(AppState { broker, config, shutdown: shutdown.clone(), metrics: meters::handle() });
+        let hub = Hub::new(Arc::clone(&broker), HubConfig::default());
+        let heartbeats = heartbeat_tick(config.heartbeat)?;
+        let state = web::Data::new(AppState {
+            broker,
+            config,
+            shutdown: shutdown.clone(),
+            hub,
+            heartbeats,
+            metrics: meters::handle(),
+        });
 
         let mut server = HttpServer::new(move || {
             let cors_origins = &state.config.cors_origins;
@@ -134,6 +149,28 @@ impl Application {
 pub async fn stop(shutdown: &Shutdown, handle: &ServerHandle) {
     shutdown.trigger();
     handle.stop(true).await;
+}
+
+/// Starts the shared heartbeat: one task ticking a watch channel that every open stream listens to. It stops
+/// when the last receiver (the app state) is dropped.
+fn heartbeat_tick(period: std::time::Duration) -> std::io::Result<watch::Receiver<u64>> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| std::io::Error::other(format!("Application::build needs a tokio runtime: {e}")))?;
+    let (tx, rx) = watch::channel(0u64);
+    runtime.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await; // the first tick is immediate; streams start with their retry: frame instead
+        let mut tick = 0u64;
+        loop {
+            interval.tick().await;
+            tick = tick.wrapping_add(1);
+            if tx.send(tick).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 fn cors(origins: &[String]) -> Cors {

@@ -9,7 +9,9 @@
 //!   last position and the id delivery resumes from. A resume id newer than anything in the story (a reset
 //!   store) also gets a gap frame, then the retained history. Never a silent hole.
 //!
-//! The broker tail yields the backlog and then live events with no gap or duplicate at the seam. If the broker
+//! Events come from the fan-out engine (`storyline-hub`): one broker tail per story, frames encoded once and
+//! shared; the response body writes those bytes as they are, plus a heartbeat from one process-wide tick.
+//! The engine yields the backlog and then live events with no gap or duplicate at the seam. If the broker
 //! is unreachable, at open or later, the stream stays open (heartbeats continue) and resumes after the last
 //! delivered id once the broker is back: browsers' `EventSource` never retries after a non-200 answer, so the
 //! only errors a stream open returns are the client's own (400, 401, 403) and draining (503).
@@ -17,17 +19,16 @@
 
 use std::time::Duration;
 
-use actix_web::{HttpRequest, Responder, get, web};
-use actix_web_lab::sse::{self, Sse};
-use futures::StreamExt;
+use std::collections::VecDeque;
+
+use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::Deserialize;
-use storyline_core::{EventId, LogBounds, StoredEvent, StoryId, TailItem};
-use tokio::sync::mpsc;
+use storyline_core::{EventId, Gap, LogBounds, StoryId};
+use storyline_hub::{Bytes, Subscription, encode_gap};
+use tokio::sync::watch;
 
 use crate::{auth::Principal, error::ApiError, meters, openapi::GapData, startup::AppState};
 
-/// Frames buffered per stream between the broker tail and the socket.
-const STREAM_BUFFER: usize = 64;
 /// Backoff bounds while the broker is unreachable.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -64,7 +65,7 @@ pub(crate) async fn stream(
     path: web::Path<String>,
     query: web::Query<StreamQuery>,
     state: web::Data<AppState>,
-) -> Result<impl Responder, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let story = super::story_from_path(&path)?;
     principal.require_read(&story)?;
     // An empty value means "no resume id" (what a client that has seen nothing yet may send).
@@ -94,15 +95,32 @@ pub(crate) async fn stream(
             Err(e) => return Err(e),
         };
 
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(pump(state.clone(), story, start, tx));
-
-    let retry = jittered(config.retry_base);
-    Ok(Sse::from_infallible_receiver(rx)
-        .with_retry_duration(retry)
-        .with_keep_alive(config.heartbeat)
-        .customize()
-        .insert_header(("X-Accel-Buffering", "no")))
+    let mut preface = VecDeque::with_capacity(2);
+    preface.push_back(Bytes::from(format!("retry: {}\n\n", jittered(config.retry_base).as_millis())));
+    let phase = match start {
+        Start::Resolved(point) => {
+            if let Some(gap) = point.gap {
+                preface.push_back(encode_gap(Gap { requested: gap.requested, resumed_from: gap.resumed_from }));
+            }
+            Phase::Live(state.hub.subscribe(&story, point.after))
+        }
+        Start::Pending(resume) => Phase::Resolving(resume),
+    };
+    let body = Body {
+        preface,
+        phase,
+        heartbeat: state.heartbeats.clone(),
+        story,
+        backoff: RETRY_MIN,
+        state: state.clone(),
+        _open: meters::OpenStream::open(),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header(header::ContentEncoding::Identity)
+        .streaming(futures::stream::unfold(body, Body::step)))
 }
 
 /// `base` plus up to 50%, so that clients dropped together do not come back together.
@@ -140,82 +158,92 @@ fn start_point(resume: Option<EventId>, bounds: LogBounds) -> StartPoint {
     }
 }
 
-/// `event: gap` with `{"requested", "resumed_from"}` and no `id:` (so the client's Last-Event-ID stays where it was).
-fn gap_frame(gap: GapData) -> sse::Event {
-    sse::Data::new(serde_json::to_string(&gap).unwrap_or_default()).event("gap").into()
+/// A comment frame: keeps proxies and load balancers from closing an idle stream, and reveals dead clients.
+const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+
+/// One stream's response body. Per connection it holds a cursor into its story's feed and a handle on the
+/// shared heartbeat tick: no task, no timer and no frame buffer of its own.
+struct Body {
+    /// Bytes for this connection only, sent first (`retry:`, a start-up gap notice).
+    preface: VecDeque<Bytes>,
+    phase: Phase,
+    heartbeat: watch::Receiver<u64>,
+    story: StoryId,
+    /// Current wait between broker retries while the broker is failing.
+    backoff: Duration,
+    state: web::Data<AppState>,
+    _open: meters::OpenStream,
 }
 
-fn frame(event: &StoredEvent) -> sse::Event {
-    sse::Data::new(event.envelope().to_json()).id(event.id.to_string()).event(event.event_type.as_str()).into()
+enum Phase {
+    /// The broker was unreachable at open: find the start point first.
+    Resolving(Option<EventId>),
+    Live(Subscription),
 }
 
-/// Moves events from the broker to one subscriber until the client goes away or the server drains.
-async fn pump(state: web::Data<AppState>, story: StoryId, start: Start, tx: mpsc::Sender<sse::Event>) {
-    let _open = meters::OpenStream::open();
-    let shutdown = state.shutdown.clone();
-    let mut backoff = RETRY_MIN;
-    let start = match start {
-        Start::Resolved(point) => point,
-        Start::Pending(resume) => loop {
-            match tokio::time::timeout(state.config.broker_timeout, state.broker.bounds(&story)).await {
-                Ok(Ok(bounds)) => break start_point(resume, bounds),
-                Ok(Err(e)) => tracing::debug!(story = %story, error = %e, "broker still unavailable"),
-                Err(_) => tracing::debug!(story = %story, "broker still not answering"),
+enum Step {
+    Emit(Bytes),
+    End,
+    Again,
+}
+
+impl Body {
+    /// The next chunk of the body, or `None` once the server drains. Frames come whole, so the stream always
+    /// ends at a frame boundary.
+    async fn step(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
+        loop {
+            if let Some(bytes) = self.preface.pop_front() {
+                return Some((Ok(bytes), self));
             }
-            tokio::select! {
-                () = shutdown.drained() => return,
-                () = tx.closed() => return,
-                () = tokio::time::sleep(backoff) => {}
+            let shutdown = self.state.shutdown.clone();
+            let step = tokio::select! {
+                biased;
+                () = shutdown.drained() => Step::End,
+                changed = self.heartbeat.changed() => match changed {
+                    Ok(()) => Step::Emit(Bytes::from_static(HEARTBEAT)),
+                    Err(_) => Step::End,
+                },
+                step = advance(&mut self.phase, &self.state, &self.story, &mut self.backoff) => step,
+            };
+            match step {
+                Step::Emit(bytes) => return Some((Ok(bytes), self)),
+                Step::End => return None,
+                Step::Again => {}
             }
-            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// One step of a live or resolving stream. A broker failure keeps the stream open: it waits `backoff` (doubling
+/// up to [`RETRY_MAX`]) and reports [`Step::Again`]; heartbeats and draining stay live meanwhile because the
+/// caller selects this against them (every await here is cancel-safe).
+async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: &mut Duration) -> Step {
+    let failure = match phase {
+        Phase::Live(subscription) => match subscription.next().await {
+            Ok(frame) => {
+                *backoff = RETRY_MIN;
+                meters::delivered();
+                return Step::Emit(frame);
+            }
+            Err(e) => e,
+        },
+        Phase::Resolving(resume) => match state.broker.bounds(story).await {
+            Ok(bounds) => {
+                *backoff = RETRY_MIN;
+                let point = start_point(*resume, bounds);
+                *phase = Phase::Live(state.hub.subscribe(story, point.after));
+                return match point.gap {
+                    Some(gap) => {
+                        Step::Emit(encode_gap(Gap { requested: gap.requested, resumed_from: gap.resumed_from }))
+                    }
+                    None => Step::Again,
+                };
+            }
+            Err(e) => e,
         },
     };
-    if let Some(gap) = start.gap
-        && tx.send(gap_frame(gap)).await.is_err()
-    {
-        return;
-    }
-    let mut cursor = start.after;
-    backoff = RETRY_MIN;
-    loop {
-        let mut tail = state.broker.tail(&story, cursor);
-        loop {
-            let next = tokio::select! {
-                () = shutdown.drained() => return,
-                () = tx.closed() => return,
-                next = tail.next() => next,
-            };
-            match next {
-                Some(Ok(TailItem::Event(event))) => {
-                    backoff = RETRY_MIN;
-                    cursor = event.id;
-                    if tx.send(frame(&event)).await.is_err() {
-                        return;
-                    }
-                    meters::delivered();
-                }
-                Some(Ok(TailItem::Gap(gap))) => {
-                    tracing::info!(story = %story, requested = %gap.requested, resumed_from = %gap.resumed_from, "gap: events were trimmed before delivery");
-                    if tx
-                        .send(gap_frame(GapData { requested: gap.requested, resumed_from: gap.resumed_from }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(story = %story, error = %e, "stream tail failed; retrying");
-                    break;
-                }
-                None => break,
-            }
-        }
-        tokio::select! {
-            () = shutdown.drained() => return,
-            () = tx.closed() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(RETRY_MAX);
-    }
+    tracing::debug!(story = %story, error = %failure, "broker unavailable for a stream; retrying");
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(RETRY_MAX);
+    Step::Again
 }
