@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Worker threads; `None` means one per physical core.
     pub workers: Option<usize>,
+    /// A stream whose socket has not drained for this long is disconnected (reason `slow_consumer`); the
+    /// client resumes with Last-Event-ID and loses nothing. Never less than twice the heartbeat.
+    pub slow_consumer_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -42,6 +45,7 @@ impl ServerConfig {
             retry_after_secs: 2,
             shutdown_grace: Duration::from_secs(10),
             workers: None,
+            slow_consumer_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod meters;
 pub mod openapi;
 mod routes;
+mod slow;
 pub mod startup;
 
 pub use config::ServerConfig;

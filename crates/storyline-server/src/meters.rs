@@ -11,6 +11,7 @@ pub(crate) const IDEMPOTENT_REPLAYS: &str = "storyline_idempotent_replays_total"
 pub(crate) const EVENTS_DELIVERED: &str = "storyline_events_delivered_total";
 pub(crate) const CONNECTIONS_ACTIVE: &str = "storyline_connections_active";
 pub(crate) const CONNECTIONS_OPENED: &str = "storyline_connections_opened_total";
+pub(crate) const CONNECTIONS_CLOSED: &str = "storyline_connections_closed_total";
 pub(crate) const HTTP_REQUESTS: &str = "storyline_http_requests_total";
 pub(crate) const HTTP_DURATION: &str = "storyline_http_request_duration_seconds";
 pub(crate) const BUILD_INFO: &str = "storyline_build_info";
@@ -47,6 +48,7 @@ fn describe() {
     describe_counter!(EVENTS_DELIVERED, Unit::Count, "Event frames written to subscriber streams.");
     describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Open SSE streams.");
     describe_counter!(CONNECTIONS_OPENED, Unit::Count, "SSE streams opened.");
+    describe_counter!(CONNECTIONS_CLOSED, Unit::Count, "SSE streams closed by the server, by reason.");
     describe_counter!(HTTP_REQUESTS, Unit::Count, "HTTP requests, by route template, method and status.");
     describe_histogram!(
         HTTP_DURATION,
@@ -82,6 +84,10 @@ impl Drop for OpenStream {
     fn drop(&mut self) {
         ::metrics::gauge!(CONNECTIONS_ACTIVE).decrement(1.0);
     }
+}
+
+pub(crate) fn connection_closed(reason: &'static str) {
+    ::metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
 pub(crate) fn delivered() {

@@ -118,6 +118,13 @@ impl Application {
                 .service(routes::health::openapi)
                 .default_service(web::to(fallback))
         })
+        // Remember each connection's fd, for the slow-consumer sweeper (see `slow`).
+        .on_connect(|conn, data| {
+            use std::os::fd::AsRawFd;
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                data.insert(crate::slow::ConnFd(tcp.as_raw_fd()));
+            }
+        })
         .disable_signals()
         .shutdown_timeout(grace.as_secs().max(1));
         if let Some(n) = workers {

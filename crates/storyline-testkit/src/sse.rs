@@ -77,6 +77,23 @@ impl SseStream {
         }
     }
 
+    /// Like [`SseStream::next_frame`] with no deadline, but a transport error (a reset) is returned, not a panic.
+    pub async fn try_next_frame(&mut self) -> Result<Option<Frame>, reqwest::Error> {
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Ok(Some(frame));
+            }
+            match self.body.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => {
+                    self.raw.extend_from_slice(&chunk);
+                    self.buffer.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+
     /// The next frame that is an event (skipping `retry:`-only frames and comments).
     pub async fn next_event(&mut self, within: Duration) -> Frame {
         loop {

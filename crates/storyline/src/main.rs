@@ -173,6 +173,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         broker_timeout: Duration::from_millis(settings.broker_timeout_ms),
         shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
         workers: (settings.workers > 0).then_some(settings.workers),
+        slow_consumer_timeout: Duration::from_secs(settings.slow_consumer_secs),
         ..ServerConfig::new(secret.clone())
     };
     let app = Application::build(config, broker, listener)?;

@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) shutdown_grace_secs: u64,
     /// HTTP worker threads; 0 means one per physical core.
     pub(crate) workers: usize,
+    /// Seconds a stream's socket may go without draining before the stream is disconnected (slow consumer).
+    pub(crate) slow_consumer_secs: u64,
     /// Log format: `text` (human) or `json`.
     pub(crate) log_format: LogFormat,
 }
@@ -73,6 +75,7 @@ impl Default for Settings {
             broker_timeout_ms: 3_000,
             shutdown_grace_secs: 10,
             workers: 0,
+            slow_consumer_secs: 30,
             log_format: LogFormat::Text,
         }
     }
@@ -109,6 +112,7 @@ const NUMERIC: &[&str] = &[
     "broker_timeout_ms",
     "shutdown_grace_secs",
     "workers",
+    "slow_consumer_secs",
 ];
 
 impl EnvSource {
@@ -192,6 +196,9 @@ impl Settings {
         }
         if self.idempotency_window_secs == 0 {
             bail!("idempotency_window_secs must be at least 1");
+        }
+        if self.slow_consumer_secs == 0 {
+            bail!("slow_consumer_secs must be at least 1");
         }
         if self.broker_timeout_ms == 0 {
             bail!("broker_timeout_ms must be at least 1");

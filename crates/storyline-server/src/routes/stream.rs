@@ -27,7 +27,14 @@ use storyline_core::{EventId, Gap, LogBounds, StoryId};
 use storyline_hub::{Bytes, Subscription, encode_gap};
 use tokio::sync::watch;
 
-use crate::{auth::Principal, error::ApiError, meters, openapi::GapData, startup::AppState};
+use crate::{
+    auth::Principal,
+    error::ApiError,
+    meters,
+    openapi::GapData,
+    slow::{ConnFd, Watch},
+    startup::AppState,
+};
 
 /// Backoff bounds while the broker is unreachable.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -106,7 +113,10 @@ pub(crate) async fn stream(
         }
         Start::Pending(resume) => Phase::Resolving(resume),
     };
+    let slow_after = config.slow_consumer_timeout.max(config.heartbeat * 2);
+    let watch = req.conn_data::<ConnFd>().map(|fd| Watch::register(fd.0, slow_after));
     let body = Body {
+        watch,
         preface,
         phase,
         heartbeat: state.heartbeats.clone(),
@@ -164,6 +174,8 @@ const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 /// One stream's response body. Per connection it holds a cursor into its story's feed and a handle on the
 /// shared heartbeat tick: no task, no timer and no frame buffer of its own.
 struct Body {
+    /// Registration with the slow-consumer sweeper (absent if the connection's fd is unknown).
+    watch: Option<Watch>,
     /// Bytes for this connection only, sent first (`retry:`, a start-up gap notice).
     preface: VecDeque<Bytes>,
     phase: Phase,
@@ -191,6 +203,10 @@ impl Body {
     /// The next chunk of the body, or `None` once the server drains. Frames come whole, so the stream always
     /// ends at a frame boundary.
     async fn step(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
+        // actix asks for more only when the socket drains: that is the progress the sweeper watches.
+        if let Some(watch) = &self.watch {
+            watch.touch();
+        }
         loop {
             if let Some(bytes) = self.preface.pop_front() {
                 return Some((Ok(bytes), self));

@@ -26,6 +26,7 @@ both_brokers!(
     a_reader_that_stops_reading_while_retention_trims_gets_a_gap_frame_never_a_silent_hole,
     an_empty_resume_id_means_no_resume_id,
     a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history,
+    a_reader_whose_socket_stops_draining_is_disconnected_and_loses_nothing_on_resume,
 );
 
 async fn a_stream_starts_with_a_jittered_retry_and_sets_no_buffering_headers(kind: Kind) {
@@ -327,4 +328,41 @@ async fn a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history(ki
     assert_eq!(gap.event.as_deref(), Some("gap"));
     assert_eq!(gap.json(), json!({"requested": "99999999999999-0", "resumed_from": only}));
     assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(only.as_str()), "then the retained history");
+}
+
+async fn a_reader_whose_socket_stops_draining_is_disconnected_and_loses_nothing_on_resume(kind: Kind) {
+    let config = storyline_server::ServerConfig {
+        heartbeat: Duration::from_millis(100),
+        slow_consumer_timeout: Duration::from_millis(500),
+        ..test_config()
+    };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let mut stream = app.open_stream("s", None).await;
+    let first = app.publish("s", "chapter", json!("first")).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(first.as_str()));
+    // Stop reading while far more is published than the socket buffers hold.
+    let pad = "x".repeat(60_000);
+    let publisher = app.publisher();
+    for n in 0..400 {
+        publisher.publish("s", "chapter", json!({"n": n, "pad": pad})).await;
+    }
+    // The server cuts the stalled stream off: reading now drains what was buffered, then the stream ends
+    // (cleanly or with a reset) instead of hanging.
+    let mut received = vec![first];
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(FRAME, stream.try_next_frame()).await.expect("the server disconnected the reader")
+    {
+        received.extend(frame.id);
+    }
+    let all = app.all_ids("s").await;
+    assert!(received.len() < all.len(), "the reader was cut off before the end ({} of {})", received.len(), all.len());
+    assert_eq!(received[..], all[..received.len()], "what arrived before the cut is the log's prefix");
+    // Resuming with the last id it saw, it gets exactly the rest.
+    let last = received.last().unwrap().clone();
+    let mut resumed = app.open_stream("s", Some(&last)).await;
+    let rest: Vec<_> =
+        resumed.events(all.len() - received.len(), FRAME).await.into_iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(rest[..], all[received.len()..], "nothing lost across the slow-consumer disconnect");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("storyline_connections_closed_total{reason=\"slow_consumer\"}"), "counted by reason");
 }
