@@ -263,3 +263,20 @@ async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: 
     *backoff = (*backoff * 2).min(RETRY_MAX);
     Step::Again
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory per open stream is a budget. This is storyline's own state per stream (the body and, inside it,
+    /// the subscription), not counting the socket and actix's connection buffers; BENCHMARKS.md has the measured
+    /// total per idle stream. If this fails, a field grew: make sure it is worth its bytes times 19,000 streams.
+    #[test]
+    fn per_stream_state_stays_within_its_budget() {
+        // Measured 208 (subscription 104) when this budget was set.
+        const BUDGET_BYTES: usize = 224;
+        let body = std::mem::size_of::<Body>();
+        let subscription = std::mem::size_of::<Subscription>();
+        assert!(body <= BUDGET_BYTES, "Body is {body} bytes (subscription {subscription}), budget {BUDGET_BYTES}");
+    }
+}
