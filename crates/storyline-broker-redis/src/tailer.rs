@@ -134,7 +134,7 @@ impl Tailer {
         // Start after everything that exists or existed: an emptied story with a trimmed past must not look like
         // a hole later.
         let bounds = crate::log_bounds(client, &self.shared.bounds, story).await?;
-        let head = bounds.newest.max(bounds.trimmed_through).unwrap_or(EventId::ZERO);
+        let head = bounds.last_known();
         let (registration, rx, joined) = {
             let mut stories = lock(&self.shared.stories);
             let mut joined = false;

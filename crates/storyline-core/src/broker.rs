@@ -101,6 +101,13 @@ impl LogBounds {
     /// delivered instead (or the last trimmed id when nothing is retained). `None` means resuming is exact.
     ///
     /// `EventId::ZERO` ("from the oldest retained event") never reports a gap: the client asked for what is kept.
+    /// The newest id the story ever had, whether still retained or trimmed away (`ZERO` for a story that never
+    /// had an event): where a live reader starts, so that an emptied story with a trimmed past is not mistaken
+    /// for a hole later.
+    pub fn last_known(&self) -> EventId {
+        self.newest.max(self.trimmed_through).unwrap_or(EventId::ZERO)
+    }
+
     pub fn gap_for(&self, resume: EventId) -> Option<EventId> {
         Gap::after(resume, self.trimmed_through, self.oldest).map(|gap| gap.resumed_from)
     }

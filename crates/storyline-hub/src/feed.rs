@@ -57,14 +57,15 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct FeedShared {
     story: StoryId,
+    broker: Arc<dyn Broker>,
     config: HubConfig,
     window: RwLock<Window>,
     changed: Notify,
 }
 
 impl FeedShared {
-    pub(crate) fn new(story: StoryId, config: HubConfig) -> Self {
-        Self { story, config, window: RwLock::default(), changed: Notify::new() }
+    pub(crate) fn new(story: StoryId, broker: Arc<dyn Broker>, config: HubConfig) -> Self {
+        Self { story, broker, config, window: RwLock::default(), changed: Notify::new() }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Window> {
@@ -118,13 +119,14 @@ impl Drop for Feed {
 }
 
 /// Reads the story once for every local subscriber: from its newest event on, encoding each event once.
-pub(crate) async fn upstream(shared: Arc<FeedShared>, broker: Arc<dyn Broker>) {
+pub(crate) async fn upstream(shared: Arc<FeedShared>) {
     let story = shared.story.clone();
+    let broker = Arc::clone(&shared.broker);
     let mut backoff = BACKOFF_MIN;
     // Start after everything that exists or existed: subscribers behind that catch up from the log.
     let mut cursor = loop {
         match broker.bounds(&story).await {
-            Ok(bounds) => break bounds.newest.max(bounds.trimmed_through).unwrap_or(EventId::ZERO),
+            Ok(bounds) => break bounds.last_known(),
             Err(e) => {
                 tracing::debug!(story = %story, error = %e, "feed cannot start yet");
                 tokio::time::sleep(backoff).await;
@@ -155,12 +157,16 @@ pub(crate) async fn upstream(shared: Arc<FeedShared>, broker: Arc<dyn Broker>) {
     }
 }
 
-/// One subscriber: a cursor into its story's feed.
+/// One subscriber: a cursor into its story's feed. Everything else (broker, tuning) is the feed's.
 #[derive(Debug)]
 pub struct Subscription {
     feed: Arc<Feed>,
-    broker: Arc<dyn Broker>,
-    config: HubConfig,
+    reader: Reader,
+}
+
+/// A subscriber's own state, apart from the feed it reads, so it can be updated while the feed is borrowed.
+#[derive(Debug)]
+struct Reader {
     cursor: EventId,
     pending: VecDeque<Bytes>,
 }
@@ -175,13 +181,13 @@ enum Fill {
 }
 
 impl Subscription {
-    pub(crate) fn new(feed: Arc<Feed>, broker: Arc<dyn Broker>, config: HubConfig, after: EventId) -> Self {
-        Self { feed, broker, config, cursor: after, pending: VecDeque::new() }
+    pub(crate) fn new(feed: Arc<Feed>, after: EventId) -> Self {
+        Self { feed, reader: Reader { cursor: after, pending: VecDeque::new() } }
     }
 
     /// The id of the last event handed out (or the starting point).
     pub fn cursor(&self) -> EventId {
-        self.cursor
+        self.reader.cursor
     }
 
     /// The next SSE frame: an event (shared bytes) or a gap notice.
@@ -189,28 +195,31 @@ impl Subscription {
     /// Cancel-safe: dropping the future loses nothing (the cursor only moves once frames are queued, and queued
     /// frames are handed out synchronously).
     pub async fn next(&mut self) -> Result<Bytes, BrokerError> {
+        let feed = &*self.feed.shared;
+        let reader = &mut self.reader;
         loop {
-            if let Some(frame) = self.pending.pop_front() {
+            if let Some(frame) = reader.pending.pop_front() {
                 return Ok(frame);
             }
-            let shared = Arc::clone(&self.feed.shared);
-            let changed = shared.changed.notified();
+            let changed = feed.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match self.fill_from_window() {
+            match reader.fill_from_window(feed) {
                 Fill::Filled => {}
                 Fill::Wait => changed.await,
                 Fill::CatchUp => {
-                    if !self.catch_up().await? {
+                    if !reader.catch_up(feed).await? {
                         changed.await;
                     }
                 }
             }
         }
     }
+}
 
-    fn fill_from_window(&mut self) -> Fill {
-        let window = self.feed.shared.read();
+impl Reader {
+    fn fill_from_window(&mut self, feed: &FeedShared) -> Fill {
+        let window = feed.read();
         let Some(base) = window.base else { return Fill::CatchUp };
         if self.cursor < base {
             return Fill::CatchUp;
@@ -219,7 +228,7 @@ impl Subscription {
         if start == window.entries.len() {
             return Fill::Wait;
         }
-        for entry in window.entries.range(start..).take(self.config.batch.max(1)) {
+        for entry in window.entries.range(start..).take(feed.config.batch.max(1)) {
             match entry {
                 Entry::Frame { id, bytes } => {
                     self.pending.push_back(bytes.clone());
@@ -234,16 +243,15 @@ impl Subscription {
     }
 
     /// Reads one page of the log after the cursor. Returns whether anything was queued.
-    async fn catch_up(&mut self) -> Result<bool, BrokerError> {
-        let story = self.feed.shared.story.clone();
-        let page = self.broker.read_after(&story, self.cursor, self.config.catch_up_page).await?;
+    async fn catch_up(&mut self, feed: &FeedShared) -> Result<bool, BrokerError> {
+        let page = feed.broker.read_after(&feed.story, self.cursor, feed.config.catch_up_page).await?;
         if let Some(gap) = page.gap {
             self.pending.push_back(frame::encode_gap(gap));
         }
         if page.events.is_empty() {
             // Nothing after the cursor in the log. If the window is already past the cursor, what it saw
             // between is gone from the log (a reset store): say so and join the window.
-            let window = self.feed.shared.read();
+            let window = feed.read();
             if let Some(base) = window.base.filter(|b| *b > self.cursor) {
                 let resumed_from = window.entries.front().map_or(base, Entry::position);
                 self.pending.push_back(frame::encode_gap(Gap { requested: self.cursor, resumed_from }));

@@ -100,8 +100,9 @@ impl Hub {
             match feeds.get(story).and_then(Weak::upgrade) {
                 Some(feed) => feed,
                 None => {
-                    let shared = Arc::new(FeedShared::new(story.clone(), self.inner.config));
-                    let upstream = tokio::spawn(feed::upstream(Arc::clone(&shared), Arc::clone(&self.inner.broker)));
+                    let shared =
+                        Arc::new(FeedShared::new(story.clone(), Arc::clone(&self.inner.broker), self.inner.config));
+                    let upstream = tokio::spawn(feed::upstream(Arc::clone(&shared)));
                     self.inner.upstream_starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let feed = Arc::new(Feed::new(shared, upstream.abort_handle(), Arc::downgrade(&self.inner)));
                     feeds.insert(story.clone(), Arc::downgrade(&feed));
@@ -109,7 +110,7 @@ impl Hub {
                 }
             }
         };
-        Subscription::new(feed, Arc::clone(&self.inner.broker), self.inner.config, after)
+        Subscription::new(feed, after)
     }
 
     pub fn stats(&self) -> HubStats {
