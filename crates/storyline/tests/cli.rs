@@ -67,6 +67,28 @@ fn bad_configuration_exits_64_before_binding() {
 /// A `storyline serve` child, killed if the test fails midway.
 struct Serve(Child);
 
+/// Starts `storyline serve` on a free port with only `env` set, and its stdout as a channel of lines.
+fn serve(env: &[(&str, &str)]) -> (Serve, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start storyline serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (Serve(child), rx)
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -76,25 +98,8 @@ impl Drop for Serve {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start storyline serve");
-    let stdout = child.stdout.take().unwrap();
-    let serve = Serve(child);
+    let (serve, rx) = serve(&[]);
     // Read the quickstart the binary prints: the base URL and the two tokens.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
     let (mut base, mut writer, mut reader) = (None, None, None);
     while base.is_none() || writer.is_none() || reader.is_none() {
         let line = rx.recv_timeout(Duration::from_secs(30)).expect("quickstart printed");
@@ -159,28 +164,12 @@ async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_o
 async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is_up() {
     let mut redis = storyline_testkit::RedisServer::start();
     redis.kill();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("STORYLINE_REDIS_URL", redis.url())
-        .env("STORYLINE_JWT_SECRET", "0123456789abcdef0123456789abcdef")
-        .env("STORYLINE_BROKER_TIMEOUT_MS", "500")
-        .env("STORYLINE_LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start storyline serve");
-    let stdout = child.stdout.take().unwrap();
-    let _serve = Serve(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_serve, rx) = serve(&[
+        ("STORYLINE_REDIS_URL", &redis.url()),
+        ("STORYLINE_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("STORYLINE_BROKER_TIMEOUT_MS", "500"),
+        ("STORYLINE_LOG_FORMAT", "json"),
+    ]);
     let base = loop {
         let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
