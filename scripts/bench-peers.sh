@@ -223,15 +223,15 @@ BODY='{"type":"bench","data":{"seq":{seq},"sent_us":{sent_us},"pad":"{pad}"}}'
 # Servers. start_<server> sets: SERVER_PID, AUX_PID (or ""), STREAM_URL, PUBLISH_URL, PUBLISH_BODY,
 # PUBLISH_HEADERS (array), PAYLOAD_BYTES, NEEDS_TOKEN, CONNECT_CONCURRENCY and START_CMD (for the record).
 REDIS_PID=""
-start_storyline_memory() {
+# Starts storyline with extra environment ("$@", e.g. STORYLINE_REDIS_URL=...) and sets the run's targets.
+start_storyline_with() {
     local port
     port=$(free_port)
-    START_CMD="STORYLINE_LISTEN=127.0.0.1:$port STORYLINE_WORKERS=$WORKERS STORYLINE_JWT_SECRET=<random> RUST_LOG=warn $STORYLINE_BIN serve"
-    STORYLINE_LISTEN=127.0.0.1:$port STORYLINE_WORKERS=$WORKERS RUST_LOG=warn \
+    START_CMD="$* STORYLINE_LISTEN=127.0.0.1:$port STORYLINE_WORKERS=$WORKERS STORYLINE_JWT_SECRET=<random> RUST_LOG=warn $STORYLINE_BIN serve"
+    env "$@" STORYLINE_LISTEN=127.0.0.1:$port STORYLINE_WORKERS=$WORKERS RUST_LOG=warn \
         "$STORYLINE_BIN" serve >"$RUN_DIR/storyline.log" 2>&1 &
     SERVER_PID=$!
     STARTED+=("$SERVER_PID")
-    AUX_PID=""
     wait_http "http://127.0.0.1:$port/readyz" || return 1
     STREAM_URL="http://127.0.0.1:$port/v1/stories/{story}/stream?access_token={token}"
     PUBLISH_URL="http://127.0.0.1:$port/v1/stories/{story}/events"
@@ -240,33 +240,26 @@ start_storyline_memory() {
     PAYLOAD_BYTES=$PAYLOAD
     NEEDS_TOKEN=1
 }
+start_storyline_memory() {
+    AUX_PID=""
+    start_storyline_with
+}
 start_storyline_redis() {
-    local rport port
+    local rport
     rport=$(free_port)
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning \
         >"$RUN_DIR/redis.log" 2>&1 &
     REDIS_PID=$!
     STARTED+=("$REDIS_PID")
+    AUX_PID=$REDIS_PID
     local up=0
     for _ in $(seq 1 100); do
         redis-cli -p "$rport" ping >/dev/null 2>&1 && up=1 && break
         sleep 0.1
     done
     ((up)) || return 1
-    port=$(free_port)
-    START_CMD="redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no; STORYLINE_REDIS_URL=redis://127.0.0.1:$rport STORYLINE_LISTEN=127.0.0.1:$port STORYLINE_WORKERS=$WORKERS STORYLINE_JWT_SECRET=<random> RUST_LOG=warn $STORYLINE_BIN serve"
-    STORYLINE_REDIS_URL=redis://127.0.0.1:$rport STORYLINE_LISTEN=127.0.0.1:$port STORYLINE_WORKERS=$WORKERS \
-        RUST_LOG=warn "$STORYLINE_BIN" serve >"$RUN_DIR/storyline.log" 2>&1 &
-    SERVER_PID=$!
-    STARTED+=("$SERVER_PID")
-    AUX_PID=$REDIS_PID
-    wait_http "http://127.0.0.1:$port/readyz" || return 1
-    STREAM_URL="http://127.0.0.1:$port/v1/stories/{story}/stream?access_token={token}"
-    PUBLISH_URL="http://127.0.0.1:$port/v1/stories/{story}/events"
-    PUBLISH_BODY=$BODY
-    PUBLISH_HEADERS=("Content-Type: application/json" "Authorization: Bearer {token}")
-    PAYLOAD_BYTES=$PAYLOAD
-    NEEDS_TOKEN=1
+    start_storyline_with "STORYLINE_REDIS_URL=redis://127.0.0.1:$rport" || return 1
+    START_CMD="redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no; $START_CMD"
 }
 start_nchan() {
     local port user=""
