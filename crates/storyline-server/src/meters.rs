@@ -90,8 +90,17 @@ pub(crate) fn connection_closed(reason: &'static str) {
     ::metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
+/// Counts one frame written to a stream. This runs once per subscriber per event, so the counter's handle is
+/// looked up once per process rather than on every call (a registry lookup is a hash and a lock).
 pub(crate) fn delivered() {
-    ::metrics::counter!(EVENTS_DELIVERED).increment(1);
+    static DELIVERED: OnceLock<::metrics::Counter> = OnceLock::new();
+    DELIVERED
+        .get_or_init(|| {
+            // The recorder must be in place before the handle is taken, or the handle would be a no-op.
+            let _ = handle();
+            ::metrics::counter!(EVENTS_DELIVERED)
+        })
+        .increment(1);
 }
 
 pub(crate) fn http_request(route: &str, method: &str, status: u16, seconds: f64) {

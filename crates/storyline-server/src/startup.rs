@@ -32,8 +32,9 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// The fan-out engine: one broker tail per story, frames encoded once.
     pub(crate) hub: Hub,
-    /// One process-wide heartbeat tick every stream listens to (no timer per stream).
-    pub(crate) heartbeats: watch::Receiver<u64>,
+    /// The one signal every open stream listens to besides its story: the process-wide heartbeat tick and the
+    /// drain (no timer per stream, and one wait per stream rather than two).
+    pub(crate) signals: watch::Receiver<StreamSignal>,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -89,13 +90,13 @@ impl Application {
         let workers = config.workers;
         let grace = config.shutdown_grace;
         let hub = Hub::new(Arc::clone(&broker), HubConfig::default());
-        let heartbeats = heartbeat_tick(config.heartbeat)?;
+        let signals = stream_signals(config.heartbeat, shutdown.clone())?;
         let state = web::Data::new(AppState {
             broker,
             config,
             shutdown: shutdown.clone(),
             hub,
-            heartbeats,
+            signals,
             metrics: meters::handle(),
         });
 
@@ -158,21 +159,36 @@ pub async fn stop(shutdown: &Shutdown, handle: &ServerHandle) {
     handle.stop(true).await;
 }
 
-/// Starts the shared heartbeat: one task ticking a watch channel that every open stream listens to. It stops
-/// when the last receiver (the app state) is dropped.
-fn heartbeat_tick(period: std::time::Duration) -> std::io::Result<watch::Receiver<u64>> {
+/// What open streams are told, all at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamSignal {
+    /// The n-th heartbeat period passed: write a keep-alive comment.
+    Tick(u64),
+    /// The server drains: end the stream at the next frame boundary.
+    Drain,
+}
+
+/// Starts the shared stream signal: one task ticking a watch channel that every open stream listens to, and
+/// turning it to [`StreamSignal::Drain`] when the shutdown is triggered (then it ends, and the closed channel
+/// means drain too). It also stops when the last receiver (the app state) is dropped.
+fn stream_signals(period: std::time::Duration, shutdown: Shutdown) -> std::io::Result<watch::Receiver<StreamSignal>> {
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| std::io::Error::other(format!("Application::build needs a tokio runtime: {e}")))?;
-    let (tx, rx) = watch::channel(0u64);
+    let (tx, rx) = watch::channel(StreamSignal::Tick(0));
     runtime.spawn(async move {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await; // the first tick is immediate; streams start with their retry: frame instead
         let mut tick = 0u64;
         loop {
-            interval.tick().await;
-            tick = tick.wrapping_add(1);
-            if tx.send(tick).is_err() {
+            let signal = tokio::select! {
+                () = shutdown.drained() => StreamSignal::Drain,
+                _ = interval.tick() => {
+                    tick = tick.wrapping_add(1);
+                    StreamSignal::Tick(tick)
+                }
+            };
+            if tx.send(signal).is_err() || signal == StreamSignal::Drain {
                 return;
             }
         }
