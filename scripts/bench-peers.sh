@@ -2,13 +2,16 @@
 # storyline next to its peers: nchan (nginx module, memory store) and Pushpin, through the same load tool
 # (storyline-bench) and the same scenarios, on loopback. See bench/peers/README.md.
 #
-#   ./scripts/bench-peers.sh                                   # everything (about 12-15 minutes)
+#   ./scripts/bench-peers.sh                                   # everything, 3 rounds (about 35 minutes);
+#                                                              # rewrites the peers section of BENCHMARKS.md
 #   PEERS_SCENARIOS="1x100 10x200 1x2000" ./scripts/bench-peers.sh
 #   PEERS_DURATION=3 PEERS_SCALE=10 ./scripts/bench-peers.sh   # a quick check of the pipeline
 #
 # For each scenario and each server it starts a fresh server on free loopback ports (configs generated from
 # bench/peers/*.template into a temp dir), runs storyline-bench (wrk for ingress) under bench/peers/measure.py,
-# stops the server, and finally writes bench-results-peers/peers.md (bench/peers/report.py).
+# stops the server, and finally writes bench-results-peers/peers.md (bench/peers/report.py). A full default run
+# (every server and scenario, default durations, rate and scale) also rewrites the marked section of
+# BENCHMARKS.md and the plots under docs/bench/peers/, so that one command reproduces it.
 #
 # Environment (all optional):
 #   PEERS_SERVERS     servers, in table order (default "storyline-memory storyline-redis nchan pushpin")
@@ -18,7 +21,11 @@
 #   PEERS_PAYLOAD     bytes of the published body (default 200)
 #   PEERS_SCALE       divide stream counts (1000x5: stories) by this, for short checks (default 1)
 #   PEERS_WORKERS     storyline HTTP workers = nginx worker_processes (default: physical cores)
+#   PEERS_REPEAT      rounds (default 3): every scenario but idle runs this many times, servers interleaved in
+#                     each round; the report shows each server's median run and the spread
 #   PEERS_OUT         output directory (default bench-results-peers)
+#   PEERS_UPDATE_BENCHMARKS  1 = rewrite BENCHMARKS.md's peers section; 0 = never (default: only for a full
+#                     default run)
 #   PEERS_INSTALL     0 = never run apt-get (default 1: install what is missing)
 #   PEERS_STORYLINE_BIN / PEERS_BENCH_BIN   binaries (default target/release/storyline, storyline-bench)
 #   PEERS_NOTE        free text put at the top of peers.md (e.g. "short validation run")
@@ -38,6 +45,7 @@ INGRESS_DURATION=${PEERS_INGRESS_DURATION:-15}
 RATE=${PEERS_RATE:-200}
 PAYLOAD=${PEERS_PAYLOAD:-200}
 SCALE=${PEERS_SCALE:-1}
+REPEAT=${PEERS_REPEAT:-3}
 STORYLINE_BIN=${PEERS_STORYLINE_BIN:-target/release/storyline}
 BENCH=${PEERS_BENCH_BIN:-target/release/storyline-bench}
 PACKAGES=(nginx libnginx-mod-nchan pushpin wrk redis-server)
@@ -351,8 +359,13 @@ scenario_args() { # scenario -> SCENARIO_ARGS
     fi
 }
 
+run_name() { # server scenario -> the run's file name stem (with the round when there are several)
+    if ((REPEAT > 1)); then echo "$1-$2-r$ROUND"; else echo "$1-$2"; fi
+}
+
 run_bench() { # server scenario
-    local server=$1 scenario=$2 name="$1-$2" rc=0
+    local server=$1 scenario=$2 name rc=0
+    name=$(run_name "$1" "$2")
     SCENARIO_ARGS=()
     scenario_args "$scenario"
     local cmd=("$BENCH" --label "$name" --stream-url "$STREAM_URL" --publish-url "$PUBLISH_URL"
@@ -373,17 +386,20 @@ run_bench() { # server scenario
     else
         "${measure[@]}" -- "${cmd[@]}" | tee "$OUT/$name.txt" || rc=$?
     fi
-    manifest server="$server" scenario="$scenario" kind=bench status="$rc" json="$name.json" \
-        procs="$name.procs.json" rustc_before="$rustc_before" rustc_after="$(rustc_count)" \
+    local plot=""
+    [[ "${SCENARIO_ARGS[1]}" == publish ]] && plot="$name.svg"
+    manifest server="$server" scenario="$scenario" rep="$ROUND" kind=bench status="$rc" json="$name.json" \
+        procs="$name.procs.json" plot="$plot" rustc_before="$rustc_before" rustc_after="$(rustc_count)" \
         start="${START_CMD//$ROOT\//}" command="$(quote "${cmd[@]}" | sed "s#$ROOT/##g")"
     ((rc == 0)) || warn "$name: storyline-bench exited with status $rc (kept in the report)"
 }
 
 run_ingress() { # server
-    local server=$1 name="$1-ingress" rc=0
+    local server=$1 name rc=0
+    name=$(run_name "$1" ingress)
     if [[ $HAVE_WRK == 0 ]]; then
         warn "$name: wrk is not installed; skipped (storyline-bench needs at least one stream)"
-        manifest server="$server" scenario=ingress kind=skipped reason="wrk is not installed"
+        manifest server="$server" scenario=ingress rep="$ROUND" kind=skipped reason="wrk is not installed"
         return 0
     fi
     local url body_file=$RUN_DIR/ingress-body headers="" h story=ingress-0 body
@@ -405,50 +421,74 @@ run_ingress() { # server
     WRK_BODY_FILE=$body_file WRK_HEADERS=$headers WRK_JSON=$OUT/$name.json \
         python3 "$PEERS_DIR/measure.py" --whole --out "$OUT/$name.procs.json" --server "$SERVER_PID" \
         ${AUX_PID:+--aux "$AUX_PID"} -- "${cmd[@]}" | tee "$OUT/$name.txt" || rc=$?
-    manifest server="$server" scenario=ingress kind=wrk status="$rc" json="$name.json" procs="$name.procs.json" \
+    manifest server="$server" scenario=ingress rep="$ROUND" kind=wrk status="$rc" json="$name.json" procs="$name.procs.json" \
         rustc_before="$rustc_before" rustc_after="$(rustc_count)" start="${START_CMD//$ROOT\//}" \
         command="WRK_BODY_FILE=<$PAYLOAD_BYTES-byte body> WRK_HEADERS=<${#PUBLISH_HEADERS[@]} headers> $(quote "${cmd[@]}" | sed "s#$ROOT/##g")"
     ((rc == 0)) || warn "$name: wrk exited with status $rc"
 }
 
 START_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-log "servers: $SERVERS; scenarios: $SCENARIOS; workers: $WORKERS; scale: 1/$SCALE; rustc running now: $(rustc_count)"
+log "servers: $SERVERS; scenarios: $SCENARIOS; rounds: $REPEAT; workers: $WORKERS; scale: 1/$SCALE; rustc running now: $(rustc_count)"
 for scenario in $SCENARIOS; do
     case "$scenario" in
     1x100 | 1x2000 | 10x200 | 1x10000 | 1000x5 | idle19000 | ingress) ;;
     *) warn "unknown scenario $scenario" && exit 2 ;;
     esac
-    for server in $SERVERS; do
-        if [[ -n "${SKIP[$server]:-}" ]]; then
-            manifest server="$server" scenario="$scenario" kind=skipped reason="${SKIP[$server]}"
-            continue
-        fi
-        log "$server / $scenario"
-        RUN_DIR=$TMP/$server-$scenario
-        mkdir -p "$RUN_DIR"
-        STORY_PREFIX="peers-$scenario-"
-        CONNECT_CONCURRENCY=200 # storyline-bench's default
-        if ! "start_${server//-/_}"; then
-            warn "$server did not start; logs follow"
-            tail -n 20 "$RUN_DIR"/*.log "$RUN_DIR"/*/*.log 2>/dev/null >&2 || true
-            manifest server="$server" scenario="$scenario" kind=skipped reason="the server did not start"
+done
+for ROUND in $(seq 1 "$REPEAT"); do
+    for scenario in $SCENARIOS; do
+        # Memory per idle stream barely moves between runs; one round of it is enough.
+        [[ $scenario == idle* ]] && ((ROUND > 1)) && continue
+        for server in $SERVERS; do
+            if [[ -n "${SKIP[$server]:-}" ]]; then
+                manifest server="$server" scenario="$scenario" rep="$ROUND" kind=skipped reason="${SKIP[$server]}"
+                continue
+            fi
+            log "round $ROUND/$REPEAT: $server / $scenario"
+            RUN_DIR=$TMP/$server-$scenario-$ROUND
+            mkdir -p "$RUN_DIR"
+            STORY_PREFIX="peers-$scenario-"
+            CONNECT_CONCURRENCY=200 # storyline-bench's default
+            if ! "start_${server//-/_}"; then
+                warn "$server did not start; logs follow"
+                tail -n 20 "$RUN_DIR"/*.log "$RUN_DIR"/*/*.log 2>/dev/null >&2 || true
+                manifest server="$server" scenario="$scenario" rep="$ROUND" kind=skipped reason="the server did not start"
+                stop_all
+                continue
+            fi
+            if [[ $scenario == ingress ]]; then
+                run_ingress "$server"
+            else
+                run_bench "$server" "$scenario"
+            fi
             stop_all
-            continue
-        fi
-        if [[ $scenario == ingress ]]; then
-            run_ingress "$server"
-        else
-            run_bench "$server" "$scenario"
-        fi
-        stop_all
-        sleep 1 # let TIME_WAIT sockets and the scheduler settle between runs
+            sleep 1 # let TIME_WAIT sockets and the scheduler settle between runs
+        done
     done
 done
 
+# BENCHMARKS.md is rewritten only by a full default run, so a quick check never replaces its figures.
+DEFAULT_RUN=0
+[[ "$SERVERS" == "storyline-memory storyline-redis nchan pushpin" &&
+    "$SCENARIOS" == "1x100 1x2000 10x200 1x10000 1000x5 idle19000 ingress" && "$DURATION" == 15 &&
+    "$IDLE_DURATION" == 30 && "$INGRESS_DURATION" == 15 && "$RATE" == 200 && "$PAYLOAD" == 200 &&
+    "$SCALE" == 1 ]] && DEFAULT_RUN=1
+UPDATE_BENCHMARKS=${PEERS_UPDATE_BENCHMARKS:-$DEFAULT_RUN}
+BENCHMARKS_ARGS=()
+if [[ $UPDATE_BENCHMARKS == 1 ]]; then
+    BENCHMARKS_ARGS=(--benchmarks "$ROOT/BENCHMARKS.md" --plots-dir "$ROOT/docs/bench/peers")
+fi
+
 python3 "$PEERS_DIR/report.py" --manifest "$MANIFEST" --out "$OUT/peers.md" --start "$START_DATE" \
     --servers "$SERVERS" --workers "$WORKERS" --scale "$SCALE" --storyline-bin "$STORYLINE_BIN" \
-    --note "${PEERS_NOTE:-}" --script-args "$(quote env PEERS_SERVERS="$SERVERS" PEERS_SCENARIOS="$SCENARIOS" \
+    --note "${PEERS_NOTE:-}" --repo "$ROOT" "${BENCHMARKS_ARGS[@]}" \
+    --script-args "$(quote env PEERS_SERVERS="$SERVERS" PEERS_SCENARIOS="$SCENARIOS" PEERS_REPEAT="$REPEAT" \
         PEERS_DURATION="$DURATION" PEERS_IDLE_DURATION="$IDLE_DURATION" PEERS_INGRESS_DURATION="$INGRESS_DURATION" \
         PEERS_RATE="$RATE" PEERS_PAYLOAD="$PAYLOAD" PEERS_SCALE="$SCALE" PEERS_WORKERS="$WORKERS") ./scripts/bench-peers.sh"
 log "report: $OUT/peers.md"
+if [[ $UPDATE_BENCHMARKS == 1 ]]; then
+    log "BENCHMARKS.md: peers section rewritten; plots in docs/bench/peers/"
+else
+    log "BENCHMARKS.md left as it is (not a full default run; PEERS_UPDATE_BENCHMARKS=1 forces it)"
+fi
 cat "$OUT/peers.md"

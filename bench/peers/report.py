@@ -3,15 +3,27 @@
 side and the storyline/nchan ratios, plus the date, the machine, the versions and the exact commands.
 
 Inputs (in the directory of --manifest): runs.jsonl (one line per run, written by the script), and per run
-<server>-<scenario>.json (storyline-bench's report, or wrk-post.lua's summary) and .procs.json (measure.py).
+<server>-<scenario>[-r<rep>].json (storyline-bench's report, or wrk-post.lua's summary) and .procs.json
+(measure.py).
+
+When the script repeats the scenarios (PEERS_REPEAT), each table column is the server's **median run** (by p99
+latency for publish scenarios, requests/s for ingress, memory per stream for idle), shown whole so its figures
+belong together, with a row listing the key figure of every run so the spread is visible.
+
+With --benchmarks FILE, the report (headings one level down) also replaces the part of FILE between
+BEGIN_MARK and END_MARK, and the median runs' latency plots are copied to --plots-dir and linked from it.
 """
 
 import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 from datetime import datetime, timezone
+
+BEGIN_MARK = "<!-- bench-peers:begin (written by scripts/bench-peers.sh; edits here are overwritten) -->"
+END_MARK = "<!-- bench-peers:end -->"
 
 SCENARIO_TITLES = {
     "1x100": "1 story × 100 streams",
@@ -169,6 +181,30 @@ def ingress_rows():
     ]
 
 
+def kind_of(scenario):
+    return "ingress" if scenario == "ingress" else ("idle" if scenario.startswith("idle") else "publish")
+
+
+def key_figure(kind, bench, procs):
+    """The figure a run is ranked by to find the median run, and how it is shown."""
+    if kind == "publish":
+        return get(bench, "latency_ms", "p99"), lambda v: num(v)
+    if kind == "ingress":
+        return get(bench, "requests_per_sec"), lambda v: num(v, thousands=True)
+    return get(procs, "pss_per_stream_bytes"), kib
+
+
+KEY_LABEL = {"publish": "p99 ms of each run", "ingress": "requests/s of each run", "idle": "memory per stream, each run"}
+
+
+def median_run(kind, reps):
+    """reps: [(run, bench, procs)] in run order -> the median one by the key figure (runs without it rank last)."""
+    ranked = sorted(reps, key=lambda r: (key_figure(kind, r[1], r[2])[0] is None, key_figure(kind, r[1], r[2])[0] or 0))
+    measured = [r for r in ranked if key_figure(kind, r[1], r[2])[0] is not None]
+    pool = measured or ranked
+    return pool[(len(pool) - 1) // 2]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--manifest", required=True)
@@ -180,6 +216,9 @@ def main():
     parser.add_argument("--storyline-bin", default="")
     parser.add_argument("--note", default="")
     parser.add_argument("--script-args", default="")
+    parser.add_argument("--repo", default="", help="the storyline checkout (default: the one holding --manifest)")
+    parser.add_argument("--benchmarks", default="", help="Markdown file whose marked section gets the report")
+    parser.add_argument("--plots-dir", default="", help="where the median runs' plots are copied (with --benchmarks)")
     args = parser.parse_args()
     directory = os.path.dirname(os.path.abspath(args.manifest))
     with open(args.manifest) as f:
@@ -194,7 +233,7 @@ def main():
                 cpu_model = line.split(":", 1)[1].strip()
                 break
     nproc = os.cpu_count()
-    repo = sh("git", "-C", directory, "rev-parse", "--show-toplevel") or os.path.dirname(directory)
+    repo = args.repo or sh("git", "-C", directory, "rev-parse", "--show-toplevel") or os.path.dirname(directory)
     commit = sh("git", "-C", repo, "rev-parse", "--short", "HEAD")
     dirty = sh("git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--", "crates")
     bin_time = ""
@@ -203,7 +242,10 @@ def main():
         mtime = os.path.getmtime(args.storyline_bin)
         bin_time = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         for line in sh("git", "-C", repo, "log", "-50", "--format=%h %ct").splitlines():
-            h, t = line.split()
+            fields = line.split()
+            if len(fields) != 2 or not fields[1].isdigit():
+                continue  # not a git checkout, or git complained
+            h, t = fields
             if int(t) <= mtime:
                 bin_commit = h
                 break
@@ -251,20 +293,36 @@ def main():
       "handler), memory as PSS so nchan's shared memory counts once. CPU is % of one core over the publish window.")
     w("")
 
-    by_key = {(r["server"], r["scenario"]): r for r in runs}
+    groups = {}  # (server, scenario) -> runs in order (several when the script repeats)
+    for r in runs:
+        groups.setdefault((r["server"], r["scenario"]), []).append(r)
+    repeats = max((len(g) for g in groups.values()), default=1)
+    if repeats > 1:
+        w(f"Each scenario ran **{repeats} times** (idle once), the servers interleaved within each round so that "
+          "noise from the shared machine falls on all of them alike. Each column shows the server's **median run** "
+          "(by p99 for publish scenarios, requests/s for ingress), whole; the first row lists that figure for "
+          "every run, in run order, to show the spread.")
+        w("")
+    plots = []  # (scenario, server, source svg path)
     scenarios = []
     for r in runs:
         if r["scenario"] not in scenarios:
             scenarios.append(r["scenario"])
     for scenario in scenarios:
         title = SCENARIO_TITLES.get(scenario, scenario)
-        kind = "ingress" if scenario == "ingress" else ("idle" if scenario.startswith("idle") else "publish")
+        kind = kind_of(scenario)
         rows = {"publish": publish_rows, "idle": idle_rows, "ingress": ingress_rows}[kind]()
-        data = {}
+        data, chosen, every = {}, {}, {}
         for s in servers:
-            r = by_key.get((s, scenario))
-            if r and r.get("kind") in ("bench", "wrk"):
-                data[s] = (load(directory, r.get("json")), load(directory, r.get("procs")))
+            reps = [(r, load(directory, r.get("json")), load(directory, r.get("procs")))
+                    for r in groups.get((s, scenario), []) if r.get("kind") in ("bench", "wrk")]
+            if not reps:
+                continue
+            run, b, p = median_run(kind, reps)
+            data[s], chosen[s] = (b, p), run
+            every[s] = [key_figure(kind, rb, rp) for _, rb, rp in reps]
+            if run.get("plot"):
+                plots.append((scenario, s, os.path.join(directory, run["plot"])))
         sample = next((b for b, _ in data.values() if b and "params" in b), None)
         extra = ""
         if sample:
@@ -278,6 +336,13 @@ def main():
         header = ["", *servers] + [f"{s.replace('storyline-', 'sl-')} / nchan" for s in storylines if "nchan" in data]
         w("| " + " | ".join(header) + " |")
         w("|" + "---|" * len(header))
+        if max((len(v) for v in every.values()), default=1) > 1:
+            cells = [KEY_LABEL[kind]]
+            for s in servers:
+                figures = every.get(s)
+                cells.append(" / ".join(show(v) for v, show in figures) if figures else "–")
+            cells += [""] * (len(header) - len(cells))
+            w("| " + " | ".join(cells) + " |")
         for row in rows:
             cells = [row.label]
             values = {}
@@ -290,8 +355,7 @@ def main():
                     except (TypeError, KeyError):
                         cells.append("–")
                 else:
-                    r = by_key.get((s, scenario))
-                    cells.append("skipped" if r else "not run")
+                    cells.append("skipped" if groups.get((s, scenario)) else "not run")
             if "nchan" in data:
                 for s in storylines:
                     if row.ratio_note and s in data and not isinstance(values.get(s), tuple):
@@ -301,40 +365,45 @@ def main():
             w("| " + " | ".join(cells) + " |")
         w("")
         for s in servers:
-            r = by_key.get((s, scenario))
-            if not r:
-                continue
-            if r.get("kind") == "skipped":
-                w(f"- {s}: skipped — {r.get('reason')}")
-            elif r.get("status") not in ("0", None):
-                w(f"- {s}: the load command exited with status {r.get('status')}")
-            b = data.get(s, (None, None))[0]
-            for note in (b or {}).get("notes", []):
-                w(f"- {s}: {note}")
-            failures = get(b, "streams", "failures") or {}
-            drops = get(b, "streams", "drop_reasons") or {}
-            if failures:
-                w(f"- {s}: stream failures: {failures}")
-            if drops:
-                w(f"- {s}: streams that ended early: {drops}")
-            noisy = []
-            if r.get("kind") in ("bench", "wrk") and (r.get("rustc_before") != "0" or r.get("rustc_after") != "0"):
-                noisy.append("rustc (another build) was running at its start or end")
-            other = get(data.get(s, (None, None))[1], "cpu", "other_percent")
-            if other is not None and other > 20:
-                noisy.append(f"other processes used {other:.0f}% of a core during the window")
-            if noisy:
-                w(f"- {s}: **noisy**: " + "; ".join(noisy))
+            for r in groups.get((s, scenario), []):
+                name = r.get("json", s).removesuffix(".json") if repeats > 1 else s
+                if r.get("kind") == "skipped":
+                    w(f"- {name}: skipped — {r.get('reason')}")
+                    continue
+                if r.get("status") not in ("0", None):
+                    w(f"- {name}: the load command exited with status {r.get('status')}")
+                b, p = load(directory, r.get("json")), load(directory, r.get("procs"))
+                for note in (b or {}).get("notes", []):
+                    w(f"- {name}: {note}")
+                failures = get(b, "streams", "failures") or {}
+                drops = get(b, "streams", "drop_reasons") or {}
+                lost, dup = get(b, "deliveries", "lost"), get(b, "deliveries", "duplicated")
+                if failures:
+                    w(f"- {name}: stream failures: {failures}")
+                if drops:
+                    w(f"- {name}: streams that ended early: {drops}")
+                if (lost or dup) and r is not chosen.get(s):
+                    w(f"- {name}: lost {lost}, duplicated {dup}")
+                noisy = []
+                if r.get("kind") in ("bench", "wrk") and (r.get("rustc_before") != "0" or r.get("rustc_after") != "0"):
+                    noisy.append("rustc (another build) was running at its start or end")
+                other = get(p, "cpu", "other_percent")
+                if other is not None and other > 20:
+                    noisy.append(f"other processes used {other:.0f}% of a core during the window")
+                if noisy:
+                    w(f"- {name}: **noisy**: " + "; ".join(noisy))
+        w("@@PLOTS:" + scenario + "@@")
         w("")
 
     w("## Exact commands")
     w("")
     w("Every server was started fresh for each run (configs generated from `bench/peers/*.template` into a temp "
       "dir; `<random>` is the run's JWT secret, the token reaches storyline-bench as `BENCH_TOKEN`), then measured "
-      "with `python3 bench/peers/measure.py --out <run>.procs.json --server <pid> [--aux <pid>] -- <command>`.")
+      "with `python3 bench/peers/measure.py --out <run>.procs.json --server <pid> [--aux <pid>] -- <command>`."
+      + (" Later rounds repeat the first round's commands with fresh ports, labels and file names." if repeats > 1 else ""))
     w("")
     for r in runs:
-        if r.get("kind") not in ("bench", "wrk"):
+        if r.get("kind") not in ("bench", "wrk") or r.get("rep", "1") != "1":
             continue
         w(f"**{r['server']} / {r['scenario']}**")
         w("")
@@ -343,8 +412,50 @@ def main():
         w(r.get("command", ""))
         w("```")
         w("")
+
+    def with_plots(lines, link_dir, base):
+        """Replaces each scenario's plot marker with links to its median runs' plots (relative to base)."""
+        result = []
+        for line in lines:
+            if line.startswith("@@PLOTS:"):
+                scenario = line[len("@@PLOTS:"):-2]
+                links = []
+                for sc, server, src in plots:
+                    if sc != scenario or not os.path.exists(src):
+                        continue
+                    target = src if link_dir is None else os.path.join(link_dir, f"{server}-{sc}.svg")
+                    links.append(f"[{server}]({os.path.relpath(target, base)})")
+                if links:
+                    if result and result[-1] != "":
+                        result.append("")
+                    result.append("Latency distribution of the median runs: " + " · ".join(links))
+                continue
+            result.append(line)
+        return result
+
     with open(args.out, "w") as f:
-        f.write("\n".join(out).rstrip() + "\n")
+        f.write("\n".join(with_plots(out, None, os.path.dirname(os.path.abspath(args.out)))).rstrip() + "\n")
+
+    if args.benchmarks:
+        bench_path = os.path.abspath(args.benchmarks)
+        plots_dir = os.path.abspath(args.plots_dir or os.path.dirname(bench_path))
+        os.makedirs(plots_dir, exist_ok=True)
+        for old in os.listdir(plots_dir):
+            if old.endswith(".svg"):
+                os.remove(os.path.join(plots_dir, old))
+        for scenario, server, src in plots:
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(plots_dir, f"{server}-{scenario}.svg"))
+        section = [("#" + line) if line.startswith("#") else line
+                   for line in with_plots(out, plots_dir, os.path.dirname(bench_path))]
+        with open(bench_path) as f:
+            text = f.read()
+        if BEGIN_MARK not in text or END_MARK not in text:
+            raise SystemExit(f"{args.benchmarks} has no {BEGIN_MARK!r} ... {END_MARK!r} section to replace")
+        head, rest = text.split(BEGIN_MARK, 1)
+        _, tail = rest.split(END_MARK, 1)
+        with open(bench_path, "w") as f:
+            f.write(head + BEGIN_MARK + "\n" + "\n".join(section).rstrip() + "\n" + END_MARK + tail)
 
 
 if __name__ == "__main__":
