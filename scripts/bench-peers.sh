@@ -2,7 +2,7 @@
 # storyline next to its peers: nchan (nginx module, memory store) and Pushpin, through the same load tool
 # (storyline-bench) and the same scenarios, on loopback. See bench/peers/README.md.
 #
-#   ./scripts/bench-peers.sh                                   # everything, 3 rounds (about 35 minutes);
+#   ./scripts/bench-peers.sh                                   # everything, 3 rounds (about 50 minutes);
 #                                                              # rewrites the peers section of BENCHMARKS.md
 #   PEERS_SCENARIOS="1x100 10x200 1x2000" ./scripts/bench-peers.sh
 #   PEERS_DURATION=3 PEERS_SCALE=10 ./scripts/bench-peers.sh   # a quick check of the pipeline
