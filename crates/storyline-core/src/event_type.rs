@@ -4,8 +4,12 @@ use std::{fmt, sync::Arc};
 
 pub const MAX_EVENT_TYPE_LEN: usize = 64;
 
+/// The event name of the frame telling a resuming reader that events it missed were trimmed.
+pub const GAP_EVENT: &str = "gap";
+/// The event name of the last frame of a stream whose token expired.
+pub const TOKEN_EXPIRED_EVENT: &str = "token-expired";
 /// Event names storyline sends itself on a stream; writers may not use them.
-const RESERVED: &[&str] = &["gap", "token-expired"];
+const RESERVED: &[&str] = &[GAP_EVENT, TOKEN_EXPIRED_EVENT];
 /// Prefix reserved for storyline's own future frames.
 const RESERVED_PREFIX: &str = "storyline.";
 

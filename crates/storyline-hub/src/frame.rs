@@ -2,7 +2,7 @@
 //! types) or from JSON serialization on one line (the envelope, gap data), so no escaping is needed.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use storyline_core::{Gap, StoredEvent};
+use storyline_core::{GAP_EVENT, Gap, StoredEvent};
 
 /// `id: <id>\nevent: <type>\ndata: <envelope>\n\n`, encoded once per event and shared by every subscriber.
 pub fn encode_event(event: &StoredEvent) -> Bytes {
@@ -25,5 +25,5 @@ pub fn encode_gap(gap: Gap) -> Bytes {
         "requested": gap.requested.to_string(),
         "resumed_from": gap.resumed_from.to_string(),
     });
-    Bytes::from(format!("event: gap\ndata: {data}\n\n"))
+    Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
 }

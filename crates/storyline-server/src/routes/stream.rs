@@ -15,17 +15,21 @@
 //! is unreachable, at open or later, the stream stays open (heartbeats continue) and resumes after the last
 //! delivered id once the broker is back: browsers' `EventSource` never retries after a non-200 answer, so the
 //! only errors a stream open returns are the client's own (400, 401, 403) and draining (503).
-//! At shutdown every stream ends at a frame boundary.
+//! At shutdown every stream ends at a frame boundary. When the token's `exp` passes, the stream ends after an
+//! `event: token-expired` frame; the client resumes with a new token and `Last-Event-ID`.
 
-use std::time::Duration;
+use std::{
+    pin::Pin,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use std::collections::VecDeque;
 
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::Deserialize;
-use storyline_core::{EventId, Gap, LogBounds, StoryId};
+use storyline_core::{EventId, Gap, LogBounds, StoryId, TOKEN_EXPIRED_EVENT};
 use storyline_hub::{Bytes, Subscription, encode_gap};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Sleep};
 
 use crate::{
     auth::Principal,
@@ -57,7 +61,7 @@ pub(crate) struct StreamQuery {
         ("access_token" = Option<String>, Query, description = "Token, for EventSource (which cannot set headers)"),
     ),
     responses(
-        (status = 200, description = "An endless `text/event-stream`. Each event frame carries `id`, `event` (the event type) and `data` (the envelope as one line of JSON). A `gap` event (data: GapData) precedes a resume whose point was trimmed.", body = crate::openapi::EnvelopeBody, content_type = "text/event-stream"),
+        (status = 200, description = "An endless `text/event-stream`. Each event frame carries `id`, `event` (the event type) and `data` (the envelope as one line of JSON). A `gap` event (data: GapData) precedes a resume whose point was trimmed. When the token expires, a `token-expired` event (data: `{\"expired_at\": <the token's exp, seconds since the Unix epoch>}`, no `id`) is the last frame and the server closes the stream; reconnect with a new token and `Last-Event-ID` to lose nothing.", body = crate::openapi::EnvelopeBody, content_type = "text/event-stream"),
         (status = 400, description = "Bad story id or resume id", body = crate::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks read scope for this story", body = crate::Problem, content_type = "application/problem+json"),
@@ -115,9 +119,14 @@ pub(crate) async fn stream(
     };
     let slow_after = config.slow_consumer_timeout.max(config.heartbeat * 2);
     let watch = req.conn_data::<ConnFd>().map(|fd| Watch::register(fd.0, slow_after));
+    let expires_at = principal.expires_at;
+    let expiry = expiry_timer(expires_at, config.heartbeat);
     let body = Body {
         watch,
         preface,
+        expires_at,
+        expiry,
+        closing: false,
         phase,
         signals: state.signals.clone(),
         story,
@@ -176,8 +185,16 @@ const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 struct Body {
     /// Registration with the slow-consumer sweeper (absent if the connection's fd is unknown).
     watch: Option<Watch>,
-    /// Bytes for this connection only, sent first (`retry:`, a start-up gap notice).
+    /// Bytes for this connection only, sent before anything else (`retry:`, a start-up gap notice, the final
+    /// `token-expired` frame).
     preface: VecDeque<Bytes>,
+    /// The token's `exp` (seconds since the Unix epoch): the stream ends there, after a `token-expired` frame.
+    expires_at: u64,
+    /// Armed only within one heartbeat period of `expires_at` (checked at each tick), so that streams far from
+    /// expiry carry no timer.
+    expiry: Option<Pin<Box<Sleep>>>,
+    /// Ends the stream once `preface` is sent.
+    closing: bool,
     phase: Phase,
     signals: watch::Receiver<StreamSignal>,
     story: StoryId,
@@ -195,6 +212,8 @@ enum Phase {
 
 enum Step {
     Emit(Bytes),
+    /// The token expired: send the `token-expired` frame, then end.
+    Expired,
     End,
     Again,
 }
@@ -211,25 +230,54 @@ impl Body {
             if let Some(bytes) = self.preface.pop_front() {
                 return Some((Ok(bytes), self));
             }
+            if self.closing {
+                return None;
+            }
             let step = tokio::select! {
                 biased;
                 changed = self.signals.changed() => match changed {
                     Ok(()) => match *self.signals.borrow_and_update() {
-                        StreamSignal::Tick(_) => Step::Emit(Bytes::from_static(HEARTBEAT)),
+                        StreamSignal::Tick(_) => {
+                            if self.expiry.is_none() {
+                                self.expiry = expiry_timer(self.expires_at, self.state.config.heartbeat);
+                            }
+                            Step::Emit(Bytes::from_static(HEARTBEAT))
+                        }
                         StreamSignal::Drain => Step::End,
                     },
                     // The signal task ended: the server is draining or gone.
                     Err(_) => Step::End,
                 },
+                () = async { if let Some(expiry) = self.expiry.as_mut() { expiry.await } }, if self.expiry.is_some() => {
+                    Step::Expired
+                }
                 step = advance(&mut self.phase, &self.state, &self.story, &mut self.backoff) => step,
             };
             match step {
                 Step::Emit(bytes) => return Some((Ok(bytes), self)),
                 Step::End => return None,
+                Step::Expired => {
+                    meters::connection_closed("token_expired");
+                    self.preface.push_back(encode_token_expired(self.expires_at));
+                    self.closing = true;
+                }
                 Step::Again => {}
             }
         }
     }
+}
+
+/// A timer for the token's expiry, if it falls within the next heartbeat period (or has passed).
+fn expiry_timer(expires_at: u64, heartbeat: Duration) -> Option<Pin<Box<Sleep>>> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let left = Duration::from_secs(expires_at).saturating_sub(now);
+    (left <= heartbeat).then(|| Box::pin(tokio::time::sleep(left)))
+}
+
+/// The last frame of a stream whose token expired: the client fetches a new token and resumes with
+/// `Last-Event-ID`. `expired_at` is the token's `exp` claim (seconds since the Unix epoch).
+fn encode_token_expired(expires_at: u64) -> Bytes {
+    Bytes::from(format!("event: {TOKEN_EXPIRED_EVENT}\ndata: {{\"expired_at\":{expires_at}}}\n\n"))
 }
 
 /// One step of a live or resolving stream. A broker failure keeps the stream open: it waits `backoff` (doubling
@@ -286,8 +334,9 @@ mod tests {
     /// make sure it is worth its bytes times 19,000 streams.
     #[test]
     fn per_stream_state_stays_within_its_budget() {
-        // Measured 712 (body 160, subscription 56) when this budget was set.
-        const BUDGET_BYTES: usize = 768;
+        // Measured 712 (body 160, subscription 56) when this budget was set at 768; token expiry (the `exp`, a
+        // lazily armed boxed timer and its select branch) added 72 bytes: 784, budget 800.
+        const BUDGET_BYTES: usize = 800;
         let body = std::mem::size_of::<Body>();
         let subscription = std::mem::size_of::<Subscription>();
         let boxed = boxed_stream_size(Body::step);

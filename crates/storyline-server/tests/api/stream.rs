@@ -27,6 +27,7 @@ both_brokers!(
     an_empty_resume_id_means_no_resume_id,
     a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history,
     a_reader_whose_socket_stops_draining_is_disconnected_and_loses_nothing_on_resume,
+    a_stream_ends_with_a_token_expired_frame_when_its_token_expires_and_a_new_token_resumes_it,
 );
 
 async fn a_stream_starts_with_a_jittered_retry_and_sets_no_buffering_headers(kind: Kind) {
@@ -365,4 +366,35 @@ async fn a_reader_whose_socket_stops_draining_is_disconnected_and_loses_nothing_
     assert_eq!(rest[..], all[received.len()..], "nothing lost across the slow-consumer disconnect");
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("storyline_connections_closed_total{reason=\"slow_consumer\"}"), "counted by reason");
+}
+
+async fn a_stream_ends_with_a_token_expired_frame_when_its_token_expires_and_a_new_token_resumes_it(kind: Kind) {
+    let config = storyline_server::ServerConfig { heartbeat: Duration::from_millis(300), ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let opened_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let short = app.token_with("reader", "read:*", None, Duration::from_secs(2));
+    let request = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(&short);
+    let mut stream = app.open_stream_request(request).await;
+    assert_eq!(stream.status, 200);
+    let before = app.publish("s", "chapter", json!(1)).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(before.as_str()));
+
+    // The server closes the stream itself, at a frame boundary, right after telling the client why.
+    let rest = stream.until_end(FRAME).await;
+    let last = rest.last().expect("a final frame");
+    assert_eq!(last.event.as_deref(), Some("token-expired"), "the last frame says why: {rest:?}");
+    assert_eq!(last.id, None, "it moves no Last-Event-ID");
+    let expired_at = last.json()["expired_at"].as_u64().expect("data says when the token expired");
+    let ended_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((opened_at..=ended_at).contains(&expired_at), "expired_at {expired_at} within the stream's life");
+    assert!(stream.raw.ends_with(b"\n\n"), "the stream ended at a frame boundary");
+
+    // Events posted meanwhile are not lost: a new token and Last-Event-ID pick up exactly after the last one seen.
+    let after = app.publish("s", "chapter", json!(2)).await["id"].as_str().unwrap().to_owned();
+    let fresh = app.token_with("reader", "read:*", None, Duration::from_secs(600));
+    let request = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(&fresh).header("last-event-id", &before);
+    let mut resumed = app.open_stream_request(request).await;
+    assert_eq!(resumed.next_event(FRAME).await.id.as_deref(), Some(after.as_str()));
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("storyline_connections_closed_total{reason=\"token_expired\"}"), "counted by reason");
 }
