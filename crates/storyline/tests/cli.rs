@@ -187,3 +187,73 @@ async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is
     })
     .await;
 }
+
+/// Query strings carry tokens (`?access_token=` is how EventSource authenticates), so neither a valid nor an
+/// invalid token may show up in the logs (at the most verbose level), in `/metrics` or in an error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let minted =
+        storyline(&["token", "--sub", "reader", "--scope", "read:* write:*"], &[("STORYLINE_JWT_SECRET", SECRET)]);
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert!(token.len() > 20, "a token was minted");
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.forged-signature-marker";
+    let (serve, rx) =
+        serve(&[("STORYLINE_JWT_SECRET", SECRET), ("STORYLINE_LOG_FORMAT", "json"), ("RUST_LOG", "trace")]);
+    let base = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if entry["fields"]["message"] == "listening" {
+            break format!("http://{}", entry["fields"]["address"].as_str().unwrap());
+        }
+    };
+    let client = reqwest::Client::new();
+    let mut bodies = Vec::new();
+
+    let stream = client.get(format!("{base}/v1/stories/demo/stream?access_token={token}")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    drop(stream);
+    for (url, status) in [
+        (format!("{base}/v1/stories/demo/stream?access_token={forged}"), 401),
+        (format!("{base}/v1/stories/../stream?access_token={token}"), 404),
+        (format!("{base}/v1/nowhere?access_token={token}"), 404),
+        (format!("{base}/v1/stories/demo/events?after=bad&access_token={token}"), 400),
+    ] {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), status, "{url}");
+        bodies.push(response.text().await.unwrap());
+    }
+    for auth in [format!("Bearer {forged}"), format!("Basic {token}")] {
+        let response = client
+            .post(format!("{base}/v1/stories/demo/events"))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(r#"{"type":"chapter","data":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        bodies.push(response.text().await.unwrap());
+    }
+    bodies.push(client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap());
+
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut serve = serve;
+    let status = tokio::task::spawn_blocking(move || serve.0.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Everything it wrote: the reader thread ends at the exited process's end of output.
+    let logs: Vec<String> = rx.iter().collect();
+    assert!(
+        logs.iter().filter(|l| l.contains("/v1/stories/demo/stream")).count() >= 2,
+        "the requests were logged (so a leak would have shown): {logs:#?}"
+    );
+    let signature = forged.rsplit('.').next().unwrap();
+    let token_signature = token.rsplit('.').next().unwrap();
+    for (what, texts) in [("logs", &logs), ("bodies and metrics", &bodies)] {
+        for text in texts {
+            assert!(!text.contains(token_signature), "the valid token leaked into the {what}: {text}");
+            assert!(!text.contains(signature), "the forged token leaked into the {what}: {text}");
+        }
+    }
+}
