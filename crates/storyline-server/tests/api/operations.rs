@@ -10,7 +10,7 @@ both_brokers!(
     metrics_are_prometheus_text_without_a_token,
     the_openapi_document_is_served_and_lists_every_route,
     unknown_paths_are_404_and_wrong_methods_405_as_problem_json,
-    every_response_carries_nosniff,
+    every_response_carries_the_security_headers,
     cors_allows_only_configured_origins,
 );
 
@@ -73,15 +73,43 @@ async fn unknown_paths_are_404_and_wrong_methods_405_as_problem_json(kind: Kind)
     assert!(app.all_ids("s").await.is_empty());
 }
 
-async fn every_response_carries_nosniff(kind: Kind) {
-    let app = spawn(kind).await;
-    for path in ["/healthz", "/nope", "/v1/stories/s/events"] {
-        let response = app.client.get(app.url(path)).send().await.unwrap();
-        assert_eq!(
-            response.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()),
-            Some("nosniff"),
-            "{path}"
-        );
+async fn every_response_carries_the_security_headers(kind: Kind) {
+    let config = storyline_server::ServerConfig { cors_origins: vec!["https://app.example".into()], ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let expected = [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        ("referrer-policy", "no-referrer"),
+    ];
+    let get = |path: &str| app.client.get(app.url(path));
+    let requests = [
+        ("healthz", get("/healthz")),
+        ("404", get("/nope")),
+        ("401", get("/v1/stories/s/events")),
+        ("history", get("/v1/stories/s/events").bearer_auth(app.admin_token())),
+        ("metrics", get("/metrics")),
+        ("openapi", get("/openapi.json")),
+        ("publish", app.post_event_request("s", &json!({"type": "chapter", "data": 1}))),
+        (
+            "preflight",
+            app.client
+                .request(reqwest::Method::OPTIONS, app.url("/v1/stories/s/events"))
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "POST"),
+        ),
+    ];
+    let mut responses = Vec::new();
+    for (what, request) in requests {
+        let response = request.send().await.unwrap();
+        responses.push((what, response.status(), response.headers().clone()));
+    }
+    let stream = app.open_stream("s", None).await;
+    responses.push(("stream", stream.status, stream.headers.clone()));
+    for (what, status, headers) in responses {
+        for (name, value) in expected {
+            assert_eq!(headers.get(name).and_then(|v| v.to_str().ok()), Some(value), "{what} ({status}): {name}");
+        }
     }
 }
 
