@@ -1,7 +1,7 @@
 //! What the HTTP surface needs to run. The binary builds this from defaults, a TOML file and `STORYLINE_*`
 //! variables; tests build it directly.
 
-use std::time::Duration;
+use std::{num::NonZeroUsize, time::Duration};
 
 use crate::auth::JwtSecret;
 
@@ -30,6 +30,10 @@ pub struct ServerConfig {
     /// A stream whose socket has not drained for this long is disconnected (reason `slow_consumer`); the
     /// client resumes with Last-Event-ID and loses nothing. Never less than twice the heartbeat.
     pub slow_consumer_timeout: Duration,
+    /// Open streams this instance accepts; past it, a new stream gets 503 with `Retry-After` before any broker
+    /// work, so a reconnect storm or one greedy client cannot exhaust file descriptors that publishers and the
+    /// broker connection need. `None`: no limit.
+    pub max_streams: Option<NonZeroUsize>,
 }
 
 impl ServerConfig {
@@ -46,6 +50,22 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             workers: None,
             slow_consumer_timeout: Duration::from_secs(30),
+            max_streams: None,
         }
     }
+}
+
+/// File descriptors kept free for everything but streams: listeners, broker connections, POSTs, logs.
+pub const RESERVED_FILE_DESCRIPTORS: u64 = 256;
+
+/// The most streams the process's open-files limit (soft `RLIMIT_NOFILE`) leaves room for, keeping
+/// [`RESERVED_FILE_DESCRIPTORS`] free (or half the limit, if it is that small). `None` if the limit is unlimited
+/// or cannot be read.
+pub fn streams_allowed_by_open_files_limit() -> Option<NonZeroUsize> {
+    let (soft, _hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    if soft == nix::sys::resource::RLIM_INFINITY {
+        return None;
+    }
+    let streams = soft.saturating_sub(RESERVED_FILE_DESCRIPTORS).max(soft / 2);
+    NonZeroUsize::new(usize::try_from(streams).unwrap_or(usize::MAX))
 }

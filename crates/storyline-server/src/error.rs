@@ -54,6 +54,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the event broker is unavailable; retry later")]
     Unavailable { retry_after_secs: u32, cause: String },
+    #[error("this instance has no room for another stream; retry later (another instance may have room)")]
+    AtCapacity { retry_after_secs: u32 },
     #[error("internal error")]
     Internal(String),
 }
@@ -74,6 +76,7 @@ impl ApiError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable { .. } => "unavailable",
+            Self::AtCapacity { .. } => "at-capacity",
             Self::Internal(_) => "internal",
         }
     }
@@ -93,6 +96,7 @@ impl ApiError {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
+            Self::AtCapacity { .. } => "At capacity",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -134,7 +138,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -151,7 +155,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"storyline\""));
             }
-            Self::Unavailable { retry_after_secs, .. } => {
+            Self::Unavailable { retry_after_secs, .. } | Self::AtCapacity { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}

@@ -19,6 +19,6 @@ mod routes;
 mod slow;
 pub mod startup;
 
-pub use config::ServerConfig;
+pub use config::{RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit};
 pub use error::{ApiError, Problem};
 pub use startup::{Application, Shutdown};

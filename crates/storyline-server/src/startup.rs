@@ -35,6 +35,8 @@ pub struct AppState {
     /// The one signal every open stream listens to besides its story: the process-wide heartbeat tick and the
     /// drain (no timer per stream, and one wait per stream rather than two).
     pub(crate) signals: watch::Receiver<StreamSignal>,
+    /// Streams open now, against `config.max_streams`.
+    pub(crate) open_streams: std::sync::atomic::AtomicUsize,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -97,6 +99,7 @@ impl Application {
             shutdown: shutdown.clone(),
             hub,
             signals,
+            open_streams: std::sync::atomic::AtomicUsize::new(0),
             metrics: meters::handle(),
         });
 

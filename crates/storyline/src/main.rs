@@ -7,7 +7,7 @@
 
 mod settings;
 
-use std::{net::TcpListener, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::TcpListener, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -174,6 +174,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
         workers: (settings.workers > 0).then_some(settings.workers),
         slow_consumer_timeout: Duration::from_secs(settings.slow_consumer_secs),
+        max_streams: NonZeroUsize::new(settings.max_streams)
+            .or_else(storyline_server::streams_allowed_by_open_files_limit),
         ..ServerConfig::new(secret.clone())
     };
     let app = Application::build(config, broker, listener)?;

@@ -48,6 +48,9 @@ pub(crate) struct Settings {
     pub(crate) workers: usize,
     /// Seconds a stream's socket may go without draining before the stream is disconnected (slow consumer).
     pub(crate) slow_consumer_secs: u64,
+    /// Open streams this instance accepts (503 + Retry-After past it); 0 = as many as the open-files limit
+    /// leaves room for.
+    pub(crate) max_streams: usize,
     /// Log format: `text` (human) or `json`.
     pub(crate) log_format: LogFormat,
 }
@@ -76,6 +79,7 @@ impl Default for Settings {
             shutdown_grace_secs: 10,
             workers: 0,
             slow_consumer_secs: 30,
+            max_streams: 0,
             log_format: LogFormat::Text,
         }
     }
@@ -113,6 +117,7 @@ const NUMERIC: &[&str] = &[
     "shutdown_grace_secs",
     "workers",
     "slow_consumer_secs",
+    "max_streams",
 ];
 
 impl EnvSource {

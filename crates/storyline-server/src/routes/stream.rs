@@ -20,6 +20,7 @@
 
 use std::{
     pin::Pin,
+    sync::atomic::Ordering,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -65,7 +66,7 @@ pub(crate) struct StreamQuery {
         (status = 400, description = "Bad story id or resume id", body = crate::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks read scope for this story", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The instance is shutting down; see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The instance is shutting down or already holds its maximum of open streams (`at-capacity`); see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
 )]
@@ -91,6 +92,8 @@ pub(crate) async fn stream(
             cause: "shutting down".into(),
         });
     }
+    let slot =
+        StreamSlot::acquire(&state).ok_or(ApiError::AtCapacity { retry_after_secs: state.config.retry_after_secs })?;
     let config = &state.config;
     // Resolve where to start before answering, so "only events appended after the stream opened" means after
     // the client saw the response. If the broker is unreachable, answer 200 anyway and let the pump resolve it
@@ -133,6 +136,7 @@ pub(crate) async fn stream(
         backoff: RETRY_MIN,
         state: state.clone(),
         _open: meters::OpenStream::open(),
+        _slot: slot,
     };
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -202,6 +206,28 @@ struct Body {
     backoff: Duration,
     state: web::Data<AppState>,
     _open: meters::OpenStream,
+    _slot: StreamSlot,
+}
+
+/// One of the instance's `max_streams` places, held by an open stream (or a stream being opened) and given back
+/// when it is dropped.
+struct StreamSlot(web::Data<AppState>);
+
+impl StreamSlot {
+    fn acquire(state: &web::Data<AppState>) -> Option<Self> {
+        let max = state.config.max_streams.map_or(usize::MAX, std::num::NonZeroUsize::get);
+        state
+            .open_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1))
+            .ok()
+            .map(|_| Self(state.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Phase {
@@ -335,7 +361,8 @@ mod tests {
     #[test]
     fn per_stream_state_stays_within_its_budget() {
         // Measured 712 (body 160, subscription 56) when this budget was set at 768; token expiry (the `exp`, a
-        // lazily armed boxed timer and its select branch) added 72 bytes: 784, budget 800.
+        // lazily armed boxed timer and its select branch) added 72 bytes and the
+        // instance stream slot 8: 800, budget 800.
         const BUDGET_BYTES: usize = 800;
         let body = std::mem::size_of::<Body>();
         let subscription = std::mem::size_of::<Subscription>();

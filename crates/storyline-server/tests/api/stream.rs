@@ -28,6 +28,7 @@ both_brokers!(
     a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history,
     a_reader_whose_socket_stops_draining_is_disconnected_and_loses_nothing_on_resume,
     a_stream_ends_with_a_token_expired_frame_when_its_token_expires_and_a_new_token_resumes_it,
+    past_the_instance_stream_limit_a_new_stream_gets_503_and_a_freed_place_is_reusable,
 );
 
 async fn a_stream_starts_with_a_jittered_retry_and_sets_no_buffering_headers(kind: Kind) {
@@ -397,4 +398,34 @@ async fn a_stream_ends_with_a_token_expired_frame_when_its_token_expires_and_a_n
     assert_eq!(resumed.next_event(FRAME).await.id.as_deref(), Some(after.as_str()));
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("storyline_connections_closed_total{reason=\"token_expired\"}"), "counted by reason");
+}
+
+async fn past_the_instance_stream_limit_a_new_stream_gets_503_and_a_freed_place_is_reusable(kind: Kind) {
+    let config = storyline_server::ServerConfig {
+        heartbeat: Duration::from_millis(200),
+        max_streams: std::num::NonZeroUsize::new(2),
+        ..test_config()
+    };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let mut first = app.open_stream("s", None).await;
+    let second = app.open_stream("t", None).await;
+    assert_eq!((first.status.as_u16(), second.status.as_u16()), (200, 200));
+
+    let refused = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).send().await.unwrap();
+    assert!(refused.headers().get("retry-after").is_some(), "tells the client when to come back");
+    let problem = assert_problem(refused, 503, "third stream").await;
+    assert_eq!(problem["type"], "urn:storyline:problem:at-capacity");
+
+    // Publishers are not affected, and open streams keep working.
+    let id = app.publish("s", "chapter", json!(1)).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(first.next_event(FRAME).await.id.as_deref(), Some(id.as_str()));
+
+    // A closed stream gives its place back.
+    drop(second);
+    storyline_testkit::poll_until("a place frees up once a stream closes", FRAME, || async {
+        let response =
+            app.client.get(app.url("/v1/stories/t/stream")).bearer_auth(app.admin_token()).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
 }
