@@ -34,6 +34,12 @@ pub struct ServerConfig {
     /// work, so a reconnect storm or one greedy client cannot exhaust file descriptors that publishers and the
     /// broker connection need. `None`: no limit.
     pub max_streams: Option<NonZeroUsize>,
+    /// Largest request head accepted (the sum of header names and values); larger: 431. Keeps oversized cookies
+    /// or junk headers from being carried through every handler.
+    pub max_header_bytes: usize,
+    /// Time a client gets to send its request head; past it the connection is answered 408 and closed
+    /// (slowloris protection: a connection that trickles its head cannot hold a worker's slot).
+    pub client_request_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -51,6 +57,8 @@ impl ServerConfig {
             workers: None,
             slow_consumer_timeout: Duration::from_secs(30),
             max_streams: None,
+            max_header_bytes: 16 * 1024,
+            client_request_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("request headers total {size} bytes, over the limit of {limit}")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed")]
@@ -73,6 +75,7 @@ impl ApiError {
             Self::InvalidEvent(_) | Self::BadEventType(_) => "invalid-event",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
+            Self::HeadersTooLarge { .. } => "headers-too-large",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable { .. } => "unavailable",
@@ -93,6 +96,7 @@ impl ApiError {
             Self::InvalidEvent(_) | Self::BadEventType(_) => "Invalid event",
             Self::Unauthenticated(_) => "Authentication required",
             Self::Forbidden(_) => "Forbidden",
+            Self::HeadersTooLarge { .. } => "Request headers too large",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
@@ -136,6 +140,7 @@ impl ResponseError for ApiError {
             Self::InvalidEvent(_) | Self::BadEventType(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } | Self::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,

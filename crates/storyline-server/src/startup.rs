@@ -91,6 +91,7 @@ impl Application {
         let keys = web::Data::new(JwtKeys::new(&config.jwt_secret));
         let workers = config.workers;
         let grace = config.shutdown_grace;
+        let client_request_timeout = config.client_request_timeout;
         let hub = Hub::new(Arc::clone(&broker), HubConfig::default());
         let signals = stream_signals(config.heartbeat, shutdown.clone())?;
         let state = web::Data::new(AppState {
@@ -111,6 +112,7 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
                 .wrap(Condition::new(!cors_origins.is_empty(), cors(cors_origins)))
+                .wrap(from_fn(limit_headers))
                 .wrap(security_headers())
                 .wrap(from_fn(access_log))
                 .service(routes::publish::publish)
@@ -129,6 +131,7 @@ impl Application {
                 data.insert(crate::slow::ConnFd(tcp.as_raw_fd()));
             }
         })
+        .client_request_timeout(client_request_timeout)
         .disable_signals()
         .shutdown_timeout(grace.as_secs().max(1));
         if let Some(n) = workers {
@@ -228,6 +231,20 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
 
 fn security_headers() -> DefaultHeaders {
     SECURITY_HEADERS.iter().fold(DefaultHeaders::new(), |headers, &(name, value)| headers.add((name, value)))
+}
+
+/// 431 for a request head over `max_header_bytes`, before any handler (and so any broker work) runs.
+async fn limit_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, Error> {
+    let limit = req.app_data::<web::Data<AppState>>().map_or(usize::MAX, |state| state.config.max_header_bytes);
+    let size: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if size > limit {
+        let response = actix_web::ResponseError::error_response(&ApiError::HeadersTooLarge { size, limit });
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// 405 with `Allow` for known paths, 404 otherwise; always problem+json.

@@ -51,6 +51,10 @@ pub(crate) struct Settings {
     /// Open streams this instance accepts (503 + Retry-After past it); 0 = as many as the open-files limit
     /// leaves room for.
     pub(crate) max_streams: usize,
+    /// Largest request head (header names and values), bytes; larger: 431.
+    pub(crate) max_header_bytes: usize,
+    /// Time a client gets to send its request head, milliseconds; past it: 408 and close (slowloris).
+    pub(crate) client_request_timeout_ms: u64,
     /// Log format: `text` (human) or `json`.
     pub(crate) log_format: LogFormat,
 }
@@ -80,6 +84,8 @@ impl Default for Settings {
             workers: 0,
             slow_consumer_secs: 30,
             max_streams: 0,
+            max_header_bytes: 16 * 1024,
+            client_request_timeout_ms: 5_000,
             log_format: LogFormat::Text,
         }
     }
@@ -118,6 +124,8 @@ const NUMERIC: &[&str] = &[
     "workers",
     "slow_consumer_secs",
     "max_streams",
+    "max_header_bytes",
+    "client_request_timeout_ms",
 ];
 
 impl EnvSource {
@@ -204,6 +212,13 @@ impl Settings {
         }
         if self.slow_consumer_secs == 0 {
             bail!("slow_consumer_secs must be at least 1");
+        }
+        if self.max_header_bytes < 1024 {
+            bail!("max_header_bytes must be at least 1024");
+        }
+        // actix-http checks this deadline against a clock it refreshes every 500 ms.
+        if self.client_request_timeout_ms < 1_000 {
+            bail!("client_request_timeout_ms must be at least 1000");
         }
         if self.broker_timeout_ms == 0 {
             bail!("broker_timeout_ms must be at least 1");
