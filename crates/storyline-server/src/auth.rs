@@ -26,8 +26,25 @@ use crate::error::ApiError;
 pub const TOKEN_COOKIE: &str = "storyline_token";
 /// Name of the query parameter that may carry a token.
 pub const TOKEN_QUERY: &str = "access_token";
-/// Clock skew tolerated when checking `exp`.
-const LEEWAY_SECS: u64 = 5;
+/// Clock skew tolerated when checking `exp` and `nbf`, unless configured otherwise.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+
+/// What a token must say besides carrying a valid HS256 signature, `sub` and an unexpired `exp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), when set. Unset: tokens carrying an `aud` are accepted.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self { issuer: None, audience: None, leeway: DEFAULT_LEEWAY }
+    }
+}
 
 /// The HS256 secret. Its `Debug` never shows the value.
 #[derive(Clone)]
@@ -99,6 +116,13 @@ pub struct Claims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<Tier>,
+    /// Not valid before (seconds since the epoch); checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 /// A story pattern: `*`, an exact id, or a prefix ending in `*`.
@@ -191,6 +215,7 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    rules: TokenRules,
 }
 
 impl fmt::Debug for JwtKeys {
@@ -204,14 +229,35 @@ fn now_secs() -> u64 {
 }
 
 impl JwtKeys {
+    /// Keys with the default rules (no issuer or audience required, [`DEFAULT_LEEWAY`]).
     pub fn new(secret: &JwtSecret) -> Self {
+        Self::with_rules(secret, TokenRules::default())
+    }
+
+    /// Keys that accept only HS256 tokens that follow `rules` (`alg: none` and every other algorithm are
+    /// refused), and mint tokens that do.
+    pub fn with_rules(secret: &JwtSecret, rules: TokenRules) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = rules.leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &rules.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             encoding: EncodingKey::from_secret(&secret.0),
             decoding: DecodingKey::from_secret(&secret.0),
             validation,
+            rules,
         }
     }
 
@@ -224,6 +270,9 @@ impl JwtKeys {
             iat: Some(now),
             scope: scope.to_owned(),
             tier,
+            nbf: None,
+            iss: self.rules.issuer.clone(),
+            aud: self.rules.audience.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
     }
@@ -236,6 +285,9 @@ impl JwtKeys {
                 ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
                 ErrorKind::InvalidAlgorithm => "token algorithm is not accepted (HS256 only)".to_owned(),
                 ErrorKind::MissingRequiredClaim(claim) => format!("token lacks the {claim:?} claim"),
+                ErrorKind::ImmatureSignature => "token is not valid yet (nbf)".to_owned(),
+                ErrorKind::InvalidIssuer => "token issuer is not accepted".to_owned(),
+                ErrorKind::InvalidAudience => "token audience is not accepted".to_owned(),
                 _ => "token is malformed".to_owned(),
             })
         })?;

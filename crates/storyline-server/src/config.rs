@@ -3,13 +3,15 @@
 
 use std::{num::NonZeroUsize, time::Duration};
 
-use crate::auth::JwtSecret;
+use crate::auth::{JwtSecret, TokenRules};
 
 /// Settings of the HTTP/SSE surface.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Verifies (and, for `storyline token`, signs) HS256 tokens.
     pub jwt_secret: JwtSecret,
+    /// Issuer, audience and clock leeway every token is checked against.
+    pub token_rules: TokenRules,
     /// Interval between heartbeat comments on idle streams.
     pub heartbeat: Duration,
     /// Base of the `retry:` hint sent first on every stream; each connection gets this plus up to 50% jitter so a
@@ -47,6 +49,7 @@ impl ServerConfig {
     pub fn new(jwt_secret: JwtSecret) -> Self {
         Self {
             jwt_secret,
+            token_rules: TokenRules::default(),
             heartbeat: Duration::from_secs(15),
             retry_base: Duration::from_millis(2_000),
             cors_origins: Vec::new(),

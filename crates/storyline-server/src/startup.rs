@@ -88,7 +88,7 @@ impl Application {
     pub fn build(config: ServerConfig, broker: Arc<dyn Broker>, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::default();
-        let keys = web::Data::new(JwtKeys::new(&config.jwt_secret));
+        let keys = web::Data::new(JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone()));
         let workers = config.workers;
         let grace = config.shutdown_grace;
         let client_request_timeout = config.client_request_timeout;

@@ -53,7 +53,7 @@ pub async fn spawn_app(broker: Arc<dyn Broker>) -> TestApp {
 /// Starts the real server with the given settings.
 pub async fn spawn_app_with(broker: Arc<dyn Broker>, config: ServerConfig) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let keys = JwtKeys::new(&config.jwt_secret);
+    let keys = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
     let app = Application::build(config, Arc::clone(&broker), listener).expect("build the application");
     let base = format!("http://{}", app.local_addr());
     let shutdown = app.shutdown();

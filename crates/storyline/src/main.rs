@@ -17,7 +17,7 @@ use storyline_broker_redis::{RedisBroker, RedisConfig};
 use storyline_core::Broker;
 use storyline_server::{
     Application, ServerConfig,
-    auth::{JwtKeys, JwtSecret, Tier},
+    auth::{JwtKeys, JwtSecret, Tier, TokenRules},
     startup,
 };
 
@@ -116,7 +116,7 @@ fn token(settings: &Settings, sub: &str, scope: &str, tier: Option<Tier>, ttl_se
         .jwt_secret
         .as_deref()
         .context("no JWT secret configured: set STORYLINE_JWT_SECRET (or jwt_secret in the config file)")?;
-    let keys = JwtKeys::new(&JwtSecret::new(secret));
+    let keys = JwtKeys::with_rules(&JwtSecret::new(secret), settings.token_rules());
     let token = keys.mint(sub, scope, tier, Duration::from_secs(ttl_secs)).map_err(anyhow::Error::msg)?;
     write_stdout(&format!("{token}\n"))
 }
@@ -176,13 +176,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         slow_consumer_timeout: Duration::from_secs(settings.slow_consumer_secs),
         max_streams: NonZeroUsize::new(settings.max_streams)
             .or_else(storyline_server::streams_allowed_by_open_files_limit),
+        token_rules: settings.token_rules(),
         ..ServerConfig::new(secret.clone())
     };
     let app = Application::build(config, broker, listener)?;
     let bound = app.local_addr();
     tracing::info!(address = %bound, "listening");
     if ephemeral {
-        print_quickstart(&secret, bound)?;
+        print_quickstart(&secret, settings.token_rules(), bound)?;
     }
 
     let shutdown = app.shutdown();
@@ -232,8 +233,8 @@ fn ephemeral_secret() -> anyhow::Result<JwtSecret> {
 }
 
 /// Ready-to-paste commands for a first run without configuration.
-fn print_quickstart(secret: &JwtSecret, bound: std::net::SocketAddr) -> anyhow::Result<()> {
-    let keys = JwtKeys::new(secret);
+fn print_quickstart(secret: &JwtSecret, rules: TokenRules, bound: std::net::SocketAddr) -> anyhow::Result<()> {
+    let keys = JwtKeys::with_rules(secret, rules);
     let day = Duration::from_secs(24 * 60 * 60);
     let writer =
         keys.mint("quickstart-writer", "read:* write:*", Some(Tier::Member), day).map_err(anyhow::Error::msg)?;

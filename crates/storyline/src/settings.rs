@@ -14,6 +14,7 @@ use figment::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use storyline_core::Retention;
+use storyline_server::auth::TokenRules;
 
 /// Every setting, with its default. Field names are the TOML keys; `STORYLINE_<NAME>` overrides each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,12 @@ pub(crate) struct Settings {
     pub(crate) redis_url: Option<String>,
     /// HS256 secret; unset generates an ephemeral one at start and prints example tokens.
     pub(crate) jwt_secret: Option<String>,
+    /// Required `iss` claim; unset: not checked.
+    pub(crate) jwt_issuer: Option<String>,
+    /// Required `aud` claim; unset: not checked.
+    pub(crate) jwt_audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    pub(crate) jwt_leeway_secs: u64,
     /// Heartbeat comment interval on streams, seconds.
     pub(crate) heartbeat_secs: u64,
     /// Origins allowed for browsers (comma-separated in the environment, a list or string in TOML).
@@ -72,6 +79,9 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             redis_url: None,
             jwt_secret: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 5,
             heartbeat_secs: 15,
             cors_origins: Vec::new(),
             retention_max_events: 10_000,
@@ -124,6 +134,7 @@ const NUMERIC: &[&str] = &[
     "workers",
     "slow_consumer_secs",
     "max_streams",
+    "jwt_leeway_secs",
     "max_header_bytes",
     "client_request_timeout_ms",
 ];
@@ -187,6 +198,8 @@ impl Settings {
         // An empty value means "not set" (e.g. STORYLINE_REDIS_URL= in a compose file selects memory).
         settings.redis_url = settings.redis_url.filter(|u| !u.trim().is_empty());
         settings.jwt_secret = settings.jwt_secret.filter(|s| !s.is_empty());
+        settings.jwt_issuer = settings.jwt_issuer.filter(|s| !s.is_empty());
+        settings.jwt_audience = settings.jwt_audience.filter(|s| !s.is_empty());
         settings.validate()?;
         Ok(settings)
     }
@@ -212,6 +225,9 @@ impl Settings {
         }
         if self.slow_consumer_secs == 0 {
             bail!("slow_consumer_secs must be at least 1");
+        }
+        if self.jwt_leeway_secs > 300 {
+            bail!("jwt_leeway_secs must be at most 300 (it lets expired tokens through for that long)");
         }
         if self.max_header_bytes < 1024 {
             bail!("max_header_bytes must be at least 1024");
@@ -243,6 +259,14 @@ impl Settings {
 
     pub(crate) fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
         self.listen.parse().with_context(|| format!("listen {:?} is not host:port (e.g. 127.0.0.1:8080)", self.listen))
+    }
+
+    pub(crate) fn token_rules(&self) -> TokenRules {
+        TokenRules {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: Duration::from_secs(self.jwt_leeway_secs),
+        }
     }
 
     pub(crate) fn retention(&self) -> Retention {
@@ -281,6 +305,18 @@ pub(crate) fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_configuration_table_lists_every_setting() {
+        let readme = include_str!("../../../README.md");
+        let mut keys = Settings::keys();
+        keys.sort();
+        assert!(keys.len() > 10, "settings found: {keys:?}");
+        for key in keys {
+            let name = format!("`{PREFIX}{}`", key.to_ascii_uppercase());
+            assert!(readme.lines().any(|l| l.starts_with(&format!("| {name} |"))), "README's table lacks {name}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

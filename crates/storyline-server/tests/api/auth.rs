@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, spawn};
+use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, spawn, spawn_with};
 
 both_brokers!(
     a_request_without_a_token_is_401_and_appends_nothing,
@@ -13,6 +13,7 @@ both_brokers!(
     reading_without_read_scope_is_403,
     prefix_and_exact_scopes_match_story_ids,
     the_token_may_come_from_the_query_or_a_cookie,
+    issuer_audience_not_before_and_algorithm_are_enforced,
 );
 
 async fn a_request_without_a_token_is_401_and_appends_nothing(kind: Kind) {
@@ -111,4 +112,55 @@ async fn the_token_may_come_from_the_query_or_a_cookie(kind: Kind) {
 fn sign(claims: serde_json::Value) -> String {
     use jsonwebtoken::{EncodingKey, Header, encode};
     encode(&Header::default(), &claims, &EncodingKey::from_secret(storyline_testkit::TEST_SECRET.as_bytes())).unwrap()
+}
+
+async fn issuer_audience_not_before_and_algorithm_are_enforced(kind: Kind) {
+    let rules = storyline_server::auth::TokenRules {
+        issuer: Some("https://auth.example".into()),
+        audience: Some("storyline".into()),
+        leeway: Duration::from_secs(5),
+    };
+    let config = storyline_server::ServerConfig { token_rules: rules, ..storyline_testkit::test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = |extra: serde_json::Value| {
+        let mut base = json!({"sub": "ann", "exp": now + 600, "scope": "read:* write:*"});
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        base
+    };
+    let good = json!({"iss": "https://auth.example", "aud": "storyline"});
+    let hs384 = {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let key = EncodingKey::from_secret(storyline_testkit::TEST_SECRET.as_bytes());
+        encode(&Header::new(Algorithm::HS384), &claims(good.clone()), &key).unwrap()
+    };
+    // {"alg":"none","typ":"JWT"} . {"sub":"mallory","exp":4000000000,"scope":"read:* write:*",
+    // "iss":"https://auth.example","aud":"storyline"} . (no signature)
+    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJtYWxsb3J5IiwiZXhwIjo0MDAwMDAwMDAwLCJzY29wZSI6InJlYWQ6KiB3cml0ZToqIiwiaXNzIjoiaHR0cHM6Ly9hdXRoLmV4YW1wbGUiLCJhdWQiOiJzdG9yeWxpbmUifQ.";
+    let refused = [
+        ("wrong issuer", sign(claims(json!({"iss": "https://evil.example", "aud": "storyline"})))),
+        ("no issuer", sign(claims(json!({"aud": "storyline"})))),
+        ("wrong audience", sign(claims(json!({"iss": "https://auth.example", "aud": "elsewhere"})))),
+        ("no audience", sign(claims(json!({"iss": "https://auth.example"})))),
+        ("not valid yet", sign(claims(json!({"iss": "https://auth.example", "aud": "storyline", "nbf": now + 600})))),
+        ("alg none", unsigned.to_owned()),
+        ("HS384", hs384),
+    ];
+    for (case, token) in refused {
+        let response = app.post_as("s", &token, r#"{"type":"a","data":1}"#).send().await.unwrap();
+        assert_problem(response, 401, case).await;
+    }
+    assert!(app.all_ids("s").await.is_empty(), "nothing appended by a refused token");
+    let accepted = [
+        ("all claims right", sign(claims(good.clone()))),
+        (
+            "nbf within the leeway",
+            sign(claims(json!({"iss": "https://auth.example", "aud": "storyline", "nbf": now + 2}))),
+        ),
+        ("minted by the server's own keys", app.token("ann", "read:* write:*")),
+    ];
+    for (case, token) in accepted {
+        let response = app.post_as("s", &token, r#"{"type":"a","data":1}"#).send().await.unwrap();
+        assert_eq!(response.status(), 201, "{case}");
+    }
 }
