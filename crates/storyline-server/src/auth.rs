@@ -38,11 +38,14 @@ pub struct TokenRules {
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway: Duration,
+    /// Story patterns (`*`, an exact id, or a prefix ending in `*`) that a request with no token at all may read,
+    /// as tier `guest`. Empty (the default): every request needs a token.
+    pub public_read: Vec<String>,
 }
 
 impl Default for TokenRules {
     fn default() -> Self {
-        Self { issuer: None, audience: None, leeway: DEFAULT_LEEWAY }
+        Self { issuer: None, audience: None, leeway: DEFAULT_LEEWAY, public_read: Vec::new() }
     }
 }
 
@@ -189,12 +192,16 @@ pub struct Principal {
     pub scopes: Scopes,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// No token was presented: a guest reading a public story (see [`TokenRules::public_read`]).
+    pub anonymous: bool,
 }
 
 impl Principal {
     pub fn require_read(&self, story: &StoryId) -> Result<(), ApiError> {
         if self.scopes.can_read(story) {
             Ok(())
+        } else if self.anonymous {
+            Err(ApiError::Unauthenticated(format!("a token is required to read story {story}")))
         } else {
             Err(ApiError::Forbidden(format!("token has no read scope for story {story}")))
         }
@@ -203,6 +210,8 @@ impl Principal {
     pub fn require_write(&self, story: &StoryId) -> Result<(), ApiError> {
         if self.scopes.can_write(story) {
             Ok(())
+        } else if self.anonymous {
+            Err(ApiError::Unauthenticated(format!("a token is required to write to story {story}")))
         } else {
             Err(ApiError::Forbidden(format!("token has no write scope for story {story}")))
         }
@@ -216,6 +225,8 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     validation: Validation,
     rules: TokenRules,
+    /// Who a request without a token is, when some stories are publicly readable.
+    guest: Option<Principal>,
 }
 
 impl fmt::Debug for JwtKeys {
@@ -253,7 +264,15 @@ impl JwtKeys {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
+        let guest = (!rules.public_read.is_empty()).then(|| Principal {
+            sub: "anonymous".to_owned(),
+            tier: Tier::Guest,
+            scopes: Scopes::parse(&rules.public_read.iter().map(|p| format!("read:{p}")).collect::<Vec<_>>().join(" ")),
+            expires_at: u64::MAX,
+            anonymous: true,
+        });
         Self {
+            guest,
             encoding: EncodingKey::from_secret(&secret.0),
             decoding: DecodingKey::from_secret(&secret.0),
             validation,
@@ -297,18 +316,20 @@ impl JwtKeys {
             tier: claims.tier.unwrap_or_default(),
             scopes: Scopes::parse(&claims.scope),
             expires_at: claims.exp,
+            anonymous: false,
         })
     }
 }
 
-/// The token a request carries, by precedence: `Authorization: Bearer`, `?access_token=`, cookie.
-fn token_from(req: &HttpRequest) -> Result<String, ApiError> {
+/// The token a request carries, by precedence: `Authorization: Bearer`, `?access_token=`, cookie; `None` if it
+/// carries none at all (a malformed one is an error, never "no token").
+fn token_from(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value =
             value.to_str().map_err(|_| ApiError::Unauthenticated("Authorization header is not ASCII".into()))?;
         return match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-                Ok(token.trim().to_owned())
+                Ok(Some(token.trim().to_owned()))
             }
             _ => Err(ApiError::Unauthenticated("Authorization header must be `Bearer <token>`".into())),
         };
@@ -316,16 +337,14 @@ fn token_from(req: &HttpRequest) -> Result<String, ApiError> {
     if let Ok(query) = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         && let Some(token) = query.get(TOKEN_QUERY).filter(|t| !t.is_empty())
     {
-        return Ok(token.clone());
+        return Ok(Some(token.clone()));
     }
     if let Some(cookie) = req.cookie(TOKEN_COOKIE)
         && !cookie.value().is_empty()
     {
-        return Ok(cookie.value().to_owned());
+        return Ok(Some(cookie.value().to_owned()));
     }
-    Err(ApiError::Unauthenticated(
-        "a token is required: Authorization: Bearer, ?access_token= or the storyline_token cookie".into(),
-    ))
+    Ok(None)
 }
 
 impl FromRequest for Principal {
@@ -336,7 +355,14 @@ impl FromRequest for Principal {
         let Some(keys) = req.app_data::<web::Data<JwtKeys>>() else {
             return ready(Err(ApiError::Internal("JwtKeys missing from app data".into())));
         };
-        ready(token_from(req).and_then(|token| keys.verify(&token)))
+        ready(token_from(req).and_then(|token| match token {
+            Some(token) => keys.verify(&token),
+            None => keys.guest.clone().ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "a token is required: Authorization: Bearer, ?access_token= or the storyline_token cookie".into(),
+                )
+            }),
+        }))
     }
 }
 

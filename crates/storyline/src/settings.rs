@@ -32,6 +32,9 @@ pub(crate) struct Settings {
     pub(crate) jwt_audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, seconds.
     pub(crate) jwt_leeway_secs: u64,
+    /// Story patterns readable without a token, as tier guest (comma-separated in the environment).
+    #[serde(deserialize_with = "patterns")]
+    pub(crate) public_read: Vec<String>,
     /// Heartbeat comment interval on streams, seconds.
     pub(crate) heartbeat_secs: u64,
     /// Origins allowed for browsers (comma-separated in the environment, a list or string in TOML).
@@ -82,6 +85,7 @@ impl Default for Settings {
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_secs: 5,
+            public_read: Vec::new(),
             heartbeat_secs: 15,
             cors_origins: Vec::new(),
             retention_max_events: 10_000,
@@ -101,18 +105,28 @@ impl Default for Settings {
     }
 }
 
-fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// A list: a TOML array, or one comma-separated string (as environment variables give it); items trimmed,
+/// empty ones dropped.
+fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Origins {
-        List(Vec<String>),
+    enum List {
+        Items(Vec<String>),
         Csv(String),
     }
-    let list = match Origins::deserialize(d)? {
-        Origins::List(list) => list,
-        Origins::Csv(csv) => csv.split(',').map(str::to_owned).collect(),
+    let list = match List::deserialize(d)? {
+        List::Items(items) => items,
+        List::Csv(csv) => csv.split(',').map(str::to_owned).collect(),
     };
-    Ok(list.into_iter().map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect())
+    Ok(list.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect())
+}
+
+fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(list(d)?.into_iter().map(|o| o.trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect())
+}
+
+fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    list(d)
 }
 
 /// `STORYLINE_*` variables as a figment provider. Values stay strings for string settings; numbers are parsed
@@ -226,6 +240,11 @@ impl Settings {
         if self.slow_consumer_secs == 0 {
             bail!("slow_consumer_secs must be at least 1");
         }
+        for pattern in &self.public_read {
+            if pattern.chars().any(char::is_whitespace) || pattern.strip_suffix('*').unwrap_or(pattern).contains('*') {
+                bail!("public_read entry {pattern:?} must be *, a story id, or a prefix ending in * (e.g. public:*)");
+            }
+        }
         if self.jwt_leeway_secs > 300 {
             bail!("jwt_leeway_secs must be at most 300 (it lets expired tokens through for that long)");
         }
@@ -266,6 +285,7 @@ impl Settings {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             leeway: Duration::from_secs(self.jwt_leeway_secs),
+            public_read: self.public_read.clone(),
         }
     }
 

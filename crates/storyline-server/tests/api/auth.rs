@@ -14,6 +14,7 @@ both_brokers!(
     prefix_and_exact_scopes_match_story_ids,
     the_token_may_come_from_the_query_or_a_cookie,
     issuer_audience_not_before_and_algorithm_are_enforced,
+    public_stories_are_readable_without_a_token_when_configured_and_nothing_else_is,
 );
 
 async fn a_request_without_a_token_is_401_and_appends_nothing(kind: Kind) {
@@ -119,6 +120,7 @@ async fn issuer_audience_not_before_and_algorithm_are_enforced(kind: Kind) {
         issuer: Some("https://auth.example".into()),
         audience: Some("storyline".into()),
         leeway: Duration::from_secs(5),
+        public_read: Vec::new(),
     };
     let config = storyline_server::ServerConfig { token_rules: rules, ..storyline_testkit::test_config() };
     let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
@@ -163,4 +165,36 @@ async fn issuer_audience_not_before_and_algorithm_are_enforced(kind: Kind) {
         let response = app.post_as("s", &token, r#"{"type":"a","data":1}"#).send().await.unwrap();
         assert_eq!(response.status(), 201, "{case}");
     }
+}
+
+async fn public_stories_are_readable_without_a_token_when_configured_and_nothing_else_is(kind: Kind) {
+    let rules = storyline_server::auth::TokenRules { public_read: vec!["public:*".into()], ..Default::default() };
+    let config = storyline_server::ServerConfig { token_rules: rules, ..storyline_testkit::test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let id = app.publish("public:tale", "chapter", json!(1)).await["id"].as_str().unwrap().to_owned();
+    app.publish("private", "chapter", json!(1)).await;
+
+    let history = app.client.get(app.url("/v1/stories/public:tale/events?after=0")).send().await.unwrap();
+    assert_eq!(history.status(), 200, "history of a public story without a token");
+    let body: serde_json::Value = history.json().await.unwrap();
+    assert_eq!(body["events"][0]["id"], id.as_str());
+    let mut stream = app.open_stream_request(app.client.get(app.url("/v1/stories/public:tale/stream"))).await;
+    assert_eq!(stream.status, 200, "stream of a public story without a token");
+    let live = app.publish("public:tale", "chapter", json!(2)).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(stream.next_event(FRAME).await.id.as_deref(), Some(live.as_str()));
+
+    let private = app.client.get(app.url("/v1/stories/private/events?after=0")).send().await.unwrap();
+    assert_problem(private, 401, "a story outside the public patterns").await;
+    let write = app
+        .client
+        .post(app.url("/v1/stories/public:tale/events"))
+        .header("content-type", "application/json")
+        .body(r#"{"type":"chapter","data":3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(write, 401, "writing without a token, even to a public story").await;
+    let forged = app.client.get(app.url("/v1/stories/public:tale/events?after=0&access_token=not.a.jwt")).send().await;
+    assert_problem(forged.unwrap(), 401, "an invalid token is not downgraded to a guest").await;
+    assert_eq!(app.all_ids("public:tale").await.len(), 2, "nothing appended by the refused write");
 }
