@@ -58,6 +58,8 @@ pub enum ApiError {
     Unavailable { retry_after_secs: u32, cause: String },
     #[error("this instance has no room for another stream; retry later (another instance may have room)")]
     AtCapacity { retry_after_secs: u32 },
+    #[error("this instance is shutting down; retry later (another instance will answer)")]
+    Draining { retry_after_secs: u32 },
     #[error("internal error")]
     Internal(String),
 }
@@ -80,6 +82,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable { .. } => "unavailable",
             Self::AtCapacity { .. } => "at-capacity",
+            Self::Draining { .. } => "draining",
             Self::Internal(_) => "internal",
         }
     }
@@ -101,6 +104,7 @@ impl ApiError {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
             Self::AtCapacity { .. } => "At capacity",
+            Self::Draining { .. } => "Shutting down",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -143,7 +147,9 @@ impl ResponseError for ApiError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable { .. } | Self::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::AtCapacity { .. } | Self::Draining { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,7 +166,9 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"storyline\""));
             }
-            Self::Unavailable { retry_after_secs, .. } | Self::AtCapacity { retry_after_secs } => {
+            Self::Unavailable { retry_after_secs, .. }
+            | Self::AtCapacity { retry_after_secs }
+            | Self::Draining { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}

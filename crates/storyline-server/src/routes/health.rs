@@ -20,10 +20,7 @@ pub(crate) async fn healthz() -> HttpResponse {
 #[route("/readyz", method = "GET", method = "HEAD")]
 pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.shutdown.is_draining() {
-        return Err(ApiError::Unavailable {
-            retry_after_secs: state.config.retry_after_secs,
-            cause: "shutting down".into(),
-        });
+        return Err(ApiError::Draining { retry_after_secs: state.config.retry_after_secs });
     }
     super::with_broker(state.config.broker_timeout, state.config.retry_after_secs, state.broker.ping()).await?;
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ready"))

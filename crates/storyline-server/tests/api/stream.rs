@@ -260,7 +260,9 @@ async fn shutdown_ends_open_streams_cleanly(kind: Kind) {
     assert!(rest.iter().all(|f| !f.is_event()), "no further events: {rest:?}");
     assert!(stream.raw.ends_with(b"\n\n"), "the stream ended at a frame boundary");
     let refused = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).send().await.unwrap();
-    assert_problem(refused, 503, "new stream while draining").await;
+    assert!(refused.headers().get("retry-after").is_some(), "draining says when to come back");
+    let problem = assert_problem(refused, 503, "new stream while draining").await;
+    assert_eq!(problem["type"], "urn:storyline:problem:draining", "not reported as a broker outage");
     app.stop().await;
 }
 
