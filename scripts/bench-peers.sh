@@ -467,12 +467,13 @@ for ROUND in $(seq 1 "$REPEAT"); do
     done
 done
 
-# BENCHMARKS.md is rewritten only by a full default run, so a quick check never replaces its figures.
-DEFAULT_RUN=0
-[[ "$SERVERS" == "storyline-memory storyline-redis nchan pushpin" &&
-    "$SCENARIOS" == "1x100 1x2000 10x200 1x10000 1000x5 idle19000 ingress" && "$DURATION" == 15 &&
-    "$IDLE_DURATION" == 30 && "$INGRESS_DURATION" == 15 && "$RATE" == 200 && "$PAYLOAD" == 200 &&
-    "$SCALE" == 1 ]] && DEFAULT_RUN=1
+# BENCHMARKS.md is rewritten only by a full default run (no knob that changes what is measured was set), so a
+# quick check never replaces its figures.
+DEFAULT_RUN=1
+for knob in PEERS_SERVERS PEERS_SCENARIOS PEERS_DURATION PEERS_IDLE_DURATION PEERS_INGRESS_DURATION PEERS_RATE \
+    PEERS_PAYLOAD PEERS_SCALE PEERS_REPEAT PEERS_WORKERS; do
+    [[ -n "${!knob:-}" ]] && DEFAULT_RUN=0
+done
 UPDATE_BENCHMARKS=${PEERS_UPDATE_BENCHMARKS:-$DEFAULT_RUN}
 BENCHMARKS_ARGS=()
 if [[ $UPDATE_BENCHMARKS == 1 ]]; then

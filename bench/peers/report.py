@@ -96,6 +96,22 @@ class Row:
         self.label, self.value, self.show, self.ratio_note = label, value, show, ratio_note
 
 
+def percent(v):
+    return "–" if v is None else num(v, 0) + "%"
+
+
+def cpu_rows(generator_label, server_ratio):
+    """Where the machine's CPU went during a run: the server, its helper process, the load tool, the rest."""
+    return [
+        Row("server CPU (all its processes)", lambda b, p: get(p, "cpu", "server_percent"), percent,
+            "lower is better" if server_ratio else None),
+        Row("aux CPU (redis / GRIP origin)", lambda b, p: get(p, "cpu", "aux_percent") if get(p, "aux_pids") else None,
+            percent),
+        Row(generator_label, lambda b, p: get(p, "cpu", "generator_percent"), percent),
+        Row("other CPU (interference)", lambda b, p: get(p, "cpu", "other_percent"), percent),
+    ]
+
+
 def publish_rows():
     lat = lambda k: (lambda b, p: get(b, "latency_ms", k))  # noqa: E731
     return [
@@ -121,14 +137,7 @@ def publish_rows():
         Row("publish window s (events/s offered)",
             lambda b, p: (get(b, "publish", "window_secs"), get(b, "publish", "achieved_rate")),
             lambda v: f"{num(v[0])} ({num(v[1], 0)})"),
-        Row("server CPU (all its processes)", lambda b, p: get(p, "cpu", "server_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–", "lower is better"),
-        Row("aux CPU (redis / GRIP origin)", lambda b, p: get(p, "cpu", "aux_percent") if get(p, "aux_pids") else None,
-            lambda v: num(v, 0) + "%" if v is not None else "–"),
-        Row("generator CPU", lambda b, p: get(p, "cpu", "generator_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–"),
-        Row("other CPU (interference)", lambda b, p: get(p, "cpu", "other_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–"),
+        *cpu_rows("generator CPU", server_ratio=True),
         Row("server memory per stream (PSS)", lambda b, p: get(p, "pss_per_stream_bytes"), kib, "lower is better"),
         Row("server memory after connect / end of publishing (PSS)",
             lambda b, p: (get(p, "memory_after_connect", "pss_bytes"), get(p, "memory_end_of_publish", "pss_bytes")),
@@ -149,8 +158,7 @@ def idle_rows():
         Row("server memory per stream (RSS sum)", lambda b, p: get(p, "rss_per_stream_bytes"), kib),
         Row("server CPU while idle", lambda b, p: get(p, "cpu", "server_percent"), lambda v: num(v, 1) + "%"
             if v is not None else "–"),
-        Row("other CPU (interference)", lambda b, p: get(p, "cpu", "other_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–"),
+        Row("other CPU (interference)", lambda b, p: get(p, "cpu", "other_percent"), percent),
     ]
 
 
@@ -170,14 +178,7 @@ def ingress_rows():
         Row("latency p90 ms", lat("p90"), lambda v: num(v, 2)),
         Row("**latency p99 ms**", lat("p99"), lambda v: num(v, 2), "lower is better"),
         Row("latency p99.9 ms", lat("p99_9"), lambda v: num(v, 2)),
-        Row("server CPU (all its processes)", lambda b, p: get(p, "cpu", "server_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–"),
-        Row("aux CPU (redis / GRIP origin)", lambda b, p: get(p, "cpu", "aux_percent") if get(p, "aux_pids") else None,
-            lambda v: num(v, 0) + "%" if v is not None else "–"),
-        Row("generator CPU (wrk)", lambda b, p: get(p, "cpu", "generator_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–"),
-        Row("other CPU (interference)", lambda b, p: get(p, "cpu", "other_percent"), lambda v: num(v, 0) + "%"
-            if v is not None else "–"),
+        *cpu_rows("generator CPU (wrk)", server_ratio=False),
     ]
 
 
@@ -198,11 +199,10 @@ KEY_LABEL = {"publish": "p99 ms of each run", "ingress": "requests/s of each run
 
 
 def median_run(kind, reps):
-    """reps: [(run, bench, procs)] in run order -> the median one by the key figure (runs without it rank last)."""
-    ranked = sorted(reps, key=lambda r: (key_figure(kind, r[1], r[2])[0] is None, key_figure(kind, r[1], r[2])[0] or 0))
-    measured = [r for r in ranked if key_figure(kind, r[1], r[2])[0] is not None]
-    pool = measured or ranked
-    return pool[(len(pool) - 1) // 2]
+    """reps: [(run, bench, procs)] in run order -> the median of those with a key figure (else the first run)."""
+    measured = sorted((r for r in reps if key_figure(kind, r[1], r[2])[0] is not None),
+                      key=lambda r: key_figure(kind, r[1], r[2])[0])
+    return measured[(len(measured) - 1) // 2] if measured else reps[0]
 
 
 def main():

@@ -89,6 +89,17 @@ fn serve(env: &[(&str, &str)]) -> (Serve, std::sync::mpsc::Receiver<String>) {
     (Serve(child), rx)
 }
 
+/// The base URL `serve` logs (`STORYLINE_LOG_FORMAT=json`) once it listens; earlier lines are skipped.
+fn base_url_from_json_logs(rx: &std::sync::mpsc::Receiver<String>) -> String {
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if entry["fields"]["message"] == "listening" {
+            return format!("http://{}", entry["fields"]["address"].as_str().unwrap());
+        }
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -170,13 +181,7 @@ async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is
         ("STORYLINE_BROKER_TIMEOUT_MS", "500"),
         ("STORYLINE_LOG_FORMAT", "json"),
     ]);
-    let base = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if entry["fields"]["message"] == "listening" {
-            break format!("http://{}", entry["fields"]["address"].as_str().unwrap());
-        }
-    };
+    let base = base_url_from_json_logs(&rx);
     let client = reqwest::Client::new();
     assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "alive without Redis");
     assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 503, "not ready without Redis");
@@ -200,13 +205,7 @@ async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
     let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.forged-signature-marker";
     let (serve, rx) =
         serve(&[("STORYLINE_JWT_SECRET", SECRET), ("STORYLINE_LOG_FORMAT", "json"), ("RUST_LOG", "trace")]);
-    let base = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if entry["fields"]["message"] == "listening" {
-            break format!("http://{}", entry["fields"]["address"].as_str().unwrap());
-        }
-    };
+    let base = base_url_from_json_logs(&rx);
     let client = reqwest::Client::new();
     let mut bodies = Vec::new();
 
