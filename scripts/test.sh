@@ -2,9 +2,13 @@
 # Runs every test of the workspace: unit tests, the broker conformance suite (memory and Redis), the HTTP
 # contract suite (both brokers), the CLI tests and the benchmark tool's tests.
 #
+# `--full` (or STORYLINE_TEST_FULL=1) then also runs scripts/schemathesis.sh: schemathesis against the running
+# service and its OpenAPI document (needs python3 >= 3.10; CI runs this mode). Other arguments go to `cargo test`.
+#
 # The Redis tests start their own throwaway redis-server on free ports (never the system Redis on 6379), so
 # redis-server (Redis >= 6.2) must be on PATH. When it is missing this script installs it with apt-get (as root,
-# or through sudo); elsewhere, or if the packaged Redis is too old, it says exactly what to do.
+# or through sudo); elsewhere, or if the packaged Redis is too old, it says exactly what to do. promtool (for the
+# Prometheus alert rule tests) is installed the same way, from the Debian package prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,19 +31,12 @@ too_old() {
   exit 1
 }
 
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
 if ! redis_ok; then
   if command -v redis-server >/dev/null 2>&1; then too_old; fi
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-      if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "test.sh: redis-server is missing; install it as root: apt-get install -y redis-server" >&2
-        exit 1
-      fi
-    fi
-    echo "test.sh: installing redis-server with apt-get" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  if apt_install redis-server redis-server; then
     redis_ok || too_old
   else
     echo "test.sh: redis-server (Redis >= ${MIN_MAJOR}.${MIN_MINOR}) is required on PATH; install it with your package manager" >&2
@@ -48,4 +45,39 @@ if ! redis_ok; then
   fi
 fi
 
-exec cargo test --workspace --locked "$@"
+# The alert rule tests (crates/storyline/tests/alert_rules.rs) run promtool, which comes with the Debian package
+# prometheus. On a systemd machine the package starts a Prometheus server on :9090, which these tests do not
+# need, so a server that this install started is stopped and disabled again.
+if ! command -v promtool >/dev/null 2>&1; then
+  if apt_install promtool prometheus --no-install-recommends; then
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+      { systemctl disable --now prometheus || sudo -n systemctl disable --now prometheus; } >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null 2>&1 || { echo "test.sh: the prometheus package did not provide promtool" >&2; exit 1; }
+  else
+    echo "test.sh: promtool (Prometheus >= 2.x) is required on PATH for the alert rule tests; install Prometheus with" >&2
+    echo "         your package manager (Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus)" >&2
+    echo "         or from https://prometheus.io/download/ and put its promtool on PATH" >&2
+    exit 1
+  fi
+fi
+
+FULL="${STORYLINE_TEST_FULL:-0}"
+# Not a setting of the service, which refuses STORYLINE_* variables it does not know.
+unset STORYLINE_TEST_FULL
+CARGO_ARGS=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --full) FULL=1 ;;
+    --) CARGO_ARGS+=("$@"); break ;;
+    *) CARGO_ARGS+=("$1") ;;
+  esac
+  shift
+done
+
+if [ "$FULL" != 1 ]; then
+  exec cargo test --workspace --locked "${CARGO_ARGS[@]}"
+fi
+cargo test --workspace --locked "${CARGO_ARGS[@]}"
+echo "test.sh: schemathesis against the running service (scripts/schemathesis.sh)" >&2
+./scripts/schemathesis.sh

@@ -26,7 +26,7 @@ use std::{
 pub use bytes::Bytes;
 pub use feed::Subscription;
 use feed::{Feed, FeedShared};
-pub use frame::{encode_event, encode_gap};
+pub use frame::{SseFrame, encode_event, encode_gap, take_frame};
 use storyline_core::{Broker, EventId, PageLimit, StoryId};
 
 /// Tuning of the engine.

@@ -1,4 +1,7 @@
-//! Authentication and authorization: HS256 JWTs carrying `sub`, `exp`, `scope` and an optional `tier`.
+//! Authentication and authorization: JWTs carrying `sub`, `exp`, `scope` and an optional `tier`, signed with the
+//! configured HS256 secret or with a key from the configured JWKS (RS/PS/ES/EdDSA, see [`crate::jwks`]).
+//! The token's `alg` picks the verifier: HS256 only ever meets the secret, asymmetric algorithms only the JWKS
+//! key of that algorithm; `none` and anything else are refused.
 //!
 //! A token arrives as `Authorization: Bearer <jwt>`, as `?access_token=<jwt>` (browsers' `EventSource` cannot set
 //! headers), or as the cookie `storyline_token`, in that order of precedence. Missing, malformed, badly signed or
@@ -12,15 +15,19 @@ use std::{
     collections::HashMap,
     fmt,
     future::{Ready, ready},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, http::header, web};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use storyline_core::StoryId;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    jwks::{ASYMMETRIC, Jwks, KeyMiss},
+};
 
 /// Name of the cookie that may carry a token.
 pub const TOKEN_COOKIE: &str = "storyline_token";
@@ -70,6 +77,40 @@ impl JwtSecret {
 impl fmt::Debug for JwtSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "JwtSecret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Why a request was not authenticated: the bounded `reason` of audit events and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No token where one is needed.
+    Missing,
+    /// Not a JWT, or an unreadable `Authorization` header.
+    Malformed,
+    Expired,
+    /// `nbf` in the future.
+    NotYetValid,
+    BadSignature,
+    /// `alg` not accepted, or not the algorithm of the key it names.
+    BadAlgorithm,
+    /// The `kid` is not a known key.
+    UnknownKey,
+    /// A required claim missing, or `iss`/`aud` not accepted.
+    BadClaims,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::BadAlgorithm => "bad_algorithm",
+            Self::UnknownKey => "unknown_key",
+            Self::BadClaims => "bad_claims",
+        }
     }
 }
 
@@ -201,7 +242,7 @@ impl Principal {
         if self.scopes.can_read(story) {
             Ok(())
         } else if self.anonymous {
-            Err(ApiError::Unauthenticated(format!("a token is required to read story {story}")))
+            Err(ApiError::Unauthenticated(AuthFailure::Missing, format!("a token is required to read story {story}")))
         } else {
             Err(ApiError::Forbidden(format!("token has no read scope for story {story}")))
         }
@@ -211,27 +252,35 @@ impl Principal {
         if self.scopes.can_write(story) {
             Ok(())
         } else if self.anonymous {
-            Err(ApiError::Unauthenticated(format!("a token is required to write to story {story}")))
+            Err(ApiError::Unauthenticated(
+                AuthFailure::Missing,
+                format!("a token is required to write to story {story}"),
+            ))
         } else {
             Err(ApiError::Forbidden(format!("token has no write scope for story {story}")))
         }
     }
 }
 
-/// Signs and verifies tokens with one HS256 secret.
+/// Signs tokens with the HS256 secret; verifies them with the secret or, for asymmetric algorithms, the JWKS.
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
-    validation: Validation,
+    /// The secret being rotated out: HS256 tokens it signed still verify; nothing new is signed with it.
+    previous: Option<DecodingKey>,
+    /// One validation per accepted algorithm, each accepting that algorithm only.
+    validations: Vec<(Algorithm, Validation)>,
     rules: TokenRules,
+    /// Public keys for RS/PS/ES/EdDSA tokens; `None`: HS256 only.
+    jwks: Option<Arc<Jwks>>,
     /// Who a request without a token is, when some stories are publicly readable.
     guest: Option<Principal>,
 }
 
 impl fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JwtKeys(HS256)")
+        f.debug_struct("JwtKeys").field("jwks", &self.jwks.as_ref().map(|j| j.current())).finish_non_exhaustive()
     }
 }
 
@@ -248,7 +297,43 @@ impl JwtKeys {
     /// Keys that accept only HS256 tokens that follow `rules` (`alg: none` and every other algorithm are
     /// refused), and mint tokens that do.
     pub fn with_rules(secret: &JwtSecret, rules: TokenRules) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+        let validations = std::iter::once(Algorithm::HS256)
+            .chain(ASYMMETRIC.iter().copied())
+            .map(|alg| (alg, Self::validation(alg, &rules)))
+            .collect();
+        let guest = (!rules.public_read.is_empty()).then(|| Principal {
+            sub: "anonymous".to_owned(),
+            tier: Tier::Guest,
+            scopes: Scopes::parse(&rules.public_read.iter().map(|p| format!("read:{p}")).collect::<Vec<_>>().join(" ")),
+            expires_at: u64::MAX,
+            anonymous: true,
+        });
+        Self {
+            guest,
+            encoding: EncodingKey::from_secret(&secret.0),
+            decoding: DecodingKey::from_secret(&secret.0),
+            validations,
+            rules,
+            jwks: None,
+            previous: None,
+        }
+    }
+
+    /// Also accepts HS256 tokens signed with `previous` (the secret being rotated out), so tokens issued before a
+    /// rotation keep working until they expire.
+    pub fn with_previous_secret(mut self, previous: &JwtSecret) -> Self {
+        self.previous = Some(DecodingKey::from_secret(&previous.0));
+        self
+    }
+
+    /// Also accepts tokens signed with a key of `jwks`, each with the one algorithm that key is pinned to.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    fn validation(alg: Algorithm, rules: &TokenRules) -> Validation {
+        let mut validation = Validation::new(alg);
         validation.leeway = rules.leeway.as_secs();
         validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
@@ -264,20 +349,7 @@ impl JwtKeys {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        let guest = (!rules.public_read.is_empty()).then(|| Principal {
-            sub: "anonymous".to_owned(),
-            tier: Tier::Guest,
-            scopes: Scopes::parse(&rules.public_read.iter().map(|p| format!("read:{p}")).collect::<Vec<_>>().join(" ")),
-            expires_at: u64::MAX,
-            anonymous: true,
-        });
-        Self {
-            guest,
-            encoding: EncodingKey::from_secret(&secret.0),
-            decoding: DecodingKey::from_secret(&secret.0),
-            validation,
-            rules,
-        }
+        validation
     }
 
     /// Mints a token (used by `storyline token`, the startup hints and tests).
@@ -298,19 +370,49 @@ impl JwtKeys {
 
     /// Verifies a token and returns who it speaks for.
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            ApiError::Unauthenticated(match e.kind() {
-                ErrorKind::ExpiredSignature => "token has expired".to_owned(),
-                ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
-                ErrorKind::InvalidAlgorithm => "token algorithm is not accepted (HS256 only)".to_owned(),
-                ErrorKind::MissingRequiredClaim(claim) => format!("token lacks the {claim:?} claim"),
-                ErrorKind::ImmatureSignature => "token is not valid yet (nbf)".to_owned(),
-                ErrorKind::InvalidIssuer => "token issuer is not accepted".to_owned(),
-                ErrorKind::InvalidAudience => "token audience is not accepted".to_owned(),
-                _ => "token is malformed".to_owned(),
-            })
-        })?;
-        let claims = data.claims;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::Unauthenticated(AuthFailure::Malformed, "token is malformed".to_owned()))?;
+        let claims = match header.alg {
+            Algorithm::HS256 => match (self.decode(token, &self.decoding, Algorithm::HS256), &self.previous) {
+                (Err(ApiError::Unauthenticated(AuthFailure::BadSignature, _)), Some(previous)) => {
+                    self.decode(token, previous, Algorithm::HS256)?
+                }
+                (claims, _) => claims?,
+            },
+            alg if ASYMMETRIC.contains(&alg) => {
+                let Some(jwks) = &self.jwks else {
+                    return Err(ApiError::Unauthenticated(
+                        AuthFailure::BadAlgorithm,
+                        format!("token algorithm {alg:?} is not accepted: no public keys are configured (HS256 only)"),
+                    ));
+                };
+                let keys = jwks.current();
+                let key = keys.find(header.kid.as_deref(), alg).map_err(|miss| match miss {
+                    KeyMiss::UnknownKid => {
+                        jwks.request_refresh();
+                        ApiError::Unauthenticated(
+                            AuthFailure::UnknownKey,
+                            "token key id (kid) is not a known key".into(),
+                        )
+                    }
+                    KeyMiss::WrongAlgorithm => ApiError::Unauthenticated(
+                        AuthFailure::BadAlgorithm,
+                        format!("token algorithm {alg:?} is not the algorithm of its key"),
+                    ),
+                    KeyMiss::NoKey => ApiError::Unauthenticated(
+                        AuthFailure::UnknownKey,
+                        format!("token has no kid and no key is configured for {alg:?}"),
+                    ),
+                })?;
+                self.decode(token, &key.key, key.alg)?
+            }
+            other => {
+                return Err(ApiError::Unauthenticated(
+                    AuthFailure::BadAlgorithm,
+                    format!("token algorithm {other:?} is not accepted"),
+                ));
+            }
+        };
         Ok(Principal {
             sub: claims.sub,
             tier: claims.tier.unwrap_or_default(),
@@ -319,30 +421,58 @@ impl JwtKeys {
             anonymous: false,
         })
     }
+
+    fn decode(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Claims, ApiError> {
+        let validation = self.validations.iter().find_map(|(a, v)| (*a == alg).then_some(v)).ok_or_else(|| {
+            ApiError::Unauthenticated(AuthFailure::BadAlgorithm, format!("token algorithm {alg:?} is not accepted"))
+        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+            let (reason, detail) = match e.kind() {
+                ErrorKind::ExpiredSignature => (AuthFailure::Expired, "token has expired".to_owned()),
+                ErrorKind::InvalidSignature => (AuthFailure::BadSignature, "token signature is invalid".to_owned()),
+                ErrorKind::InvalidAlgorithm => {
+                    (AuthFailure::BadAlgorithm, "token algorithm is not accepted".to_owned())
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    (AuthFailure::BadClaims, format!("token lacks the {claim:?} claim"))
+                }
+                ErrorKind::ImmatureSignature => (AuthFailure::NotYetValid, "token is not valid yet (nbf)".to_owned()),
+                ErrorKind::InvalidIssuer => (AuthFailure::BadClaims, "token issuer is not accepted".to_owned()),
+                ErrorKind::InvalidAudience => (AuthFailure::BadClaims, "token audience is not accepted".to_owned()),
+                _ => (AuthFailure::Malformed, "token is malformed".to_owned()),
+            };
+            ApiError::Unauthenticated(reason, detail)
+        })?;
+        Ok(data.claims)
+    }
 }
 
 /// The token a request carries, by precedence: `Authorization: Bearer`, `?access_token=`, cookie; `None` if it
 /// carries none at all (a malformed one is an error, never "no token").
-fn token_from(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub(crate) fn token_from(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value =
-            value.to_str().map_err(|_| ApiError::Unauthenticated("Authorization header is not ASCII".into()))?;
+        let value = value.to_str().map_err(|_| {
+            ApiError::Unauthenticated(AuthFailure::Malformed, "Authorization header is not ASCII".into())
+        })?;
         return match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
                 Ok(Some(token.trim().to_owned()))
             }
-            _ => Err(ApiError::Unauthenticated("Authorization header must be `Bearer <token>`".into())),
+            _ => Err(ApiError::Unauthenticated(
+                AuthFailure::Malformed,
+                "Authorization header must be `Bearer <token>`".into(),
+            )),
         };
     }
     if let Ok(query) = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        && let Some(token) = query.get(TOKEN_QUERY).filter(|t| !t.is_empty())
+        && let Some(token) = query.get(TOKEN_QUERY).map(|t| t.trim()).filter(|t| !t.is_empty())
     {
-        return Ok(Some(token.clone()));
+        return Ok(Some(token.to_owned()));
     }
     if let Some(cookie) = req.cookie(TOKEN_COOKIE)
-        && !cookie.value().is_empty()
+        && !cookie.value().trim().is_empty()
     {
-        return Ok(Some(cookie.value().to_owned()));
+        return Ok(Some(cookie.value().trim().to_owned()));
     }
     Ok(None)
 }
@@ -355,14 +485,22 @@ impl FromRequest for Principal {
         let Some(keys) = req.app_data::<web::Data<JwtKeys>>() else {
             return ready(Err(ApiError::Internal("JwtKeys missing from app data".into())));
         };
-        ready(token_from(req).and_then(|token| match token {
+        let principal = token_from(req).and_then(|token| match token {
             Some(token) => keys.verify(&token),
             None => keys.guest.clone().ok_or_else(|| {
                 ApiError::Unauthenticated(
+                    AuthFailure::Missing,
                     "a token is required: Authorization: Bearer, ?access_token= or the storyline_token cookie".into(),
                 )
             }),
-        }))
+        });
+        // Admin-tier requests are audited whatever their outcome (see `audit`).
+        if let Ok(admin) = principal.as_ref()
+            && admin.tier == Tier::Admin
+        {
+            req.extensions_mut().insert(admin.clone());
+        }
+        ready(principal)
     }
 }
 
@@ -401,7 +539,22 @@ mod tests {
         let mine = JwtKeys::new(&JwtSecret::new("secret-one-secret-one-secret-one"));
         let theirs = JwtKeys::new(&JwtSecret::new("secret-two-secret-two-secret-two"));
         let token = theirs.mint("eve", "read:*", None, Duration::from_secs(60)).unwrap_or_default();
-        assert!(matches!(mine.verify(&token), Err(ApiError::Unauthenticated(_))));
+        assert!(matches!(mine.verify(&token), Err(ApiError::Unauthenticated(AuthFailure::BadSignature, _))));
+    }
+
+    #[test]
+    fn tokens_of_the_previous_secret_verify_during_a_rotation() {
+        let old = JwtKeys::new(&JwtSecret::new("secret-old-secret-old-secret-old"));
+        let token = old.mint("ann", "read:*", None, Duration::from_secs(60)).unwrap_or_default();
+        let new = JwtSecret::new("secret-new-secret-new-secret-new");
+        assert!(JwtKeys::new(&new).verify(&token).is_err(), "without the previous secret");
+        let rotating = JwtKeys::new(&new).with_previous_secret(&JwtSecret::new("secret-old-secret-old-secret-old"));
+        assert!(rotating.verify(&token).is_ok(), "with it");
+        let fresh = rotating.mint("bob", "read:*", None, Duration::from_secs(60)).unwrap_or_default();
+        assert!(JwtKeys::new(&new).verify(&fresh).is_ok(), "new tokens are signed with the new secret");
+        let stranger = JwtKeys::new(&JwtSecret::new("secret-odd-secret-odd-secret-odd"));
+        let forged = stranger.mint("eve", "read:*", None, Duration::from_secs(60)).unwrap_or_default();
+        assert!(matches!(rotating.verify(&forged), Err(ApiError::Unauthenticated(AuthFailure::BadSignature, _))));
     }
 
     #[test]

@@ -3,15 +3,24 @@
 
 use std::{num::NonZeroUsize, time::Duration};
 
-use crate::auth::{JwtSecret, TokenRules};
+use crate::{
+    auth::{JwtSecret, TokenRules},
+    jwks::JwksSource,
+    limits::LimitsConfig,
+    network::NetworkPolicy,
+};
 
 /// Settings of the HTTP/SSE surface.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Verifies (and, for `storyline token`, signs) HS256 tokens.
     pub jwt_secret: JwtSecret,
+    /// The HS256 secret being rotated out: tokens it signed still verify until it is removed.
+    pub jwt_previous_secret: Option<JwtSecret>,
     /// Issuer, audience and clock leeway every token is checked against.
     pub token_rules: TokenRules,
+    /// Public keys for RS/PS/ES/EdDSA tokens (a JWKS file and/or URL); `None`: HS256 tokens only.
+    pub jwks: Option<JwksSource>,
     /// Interval between heartbeat comments on idle streams.
     pub heartbeat: Duration,
     /// Base of the `retry:` hint sent first on every stream; each connection gets this plus up to 50% jitter so a
@@ -36,6 +45,17 @@ pub struct ServerConfig {
     /// work, so a reconnect storm or one greedy client cannot exhaust file descriptors that publishers and the
     /// broker connection need. `None`: no limit.
     pub max_streams: Option<NonZeroUsize>,
+    /// Publish and stream-open rates, concurrent streams per principal.
+    pub limits: LimitsConfig,
+    /// Client IP resolution (trusted proxies) and the allow/deny lists.
+    pub network: NetworkPolicy,
+    /// Serve HTTPS (and HTTP/2) with this configuration; `None`: plain HTTP (behind a TLS-terminating proxy).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Distinct story namespaces (the part of a story id before the first `:`) that get their own metric label
+    /// value; the rest are counted as `other`.
+    pub metrics_max_namespaces: usize,
+    /// Distinct event types that get their own metric label value; the rest are `other`.
+    pub metrics_max_event_types: usize,
     /// Largest request head accepted (the sum of header names and values); larger: 431. Keeps oversized cookies
     /// or junk headers from being carried through every handler.
     pub max_header_bytes: usize,
@@ -49,7 +69,9 @@ impl ServerConfig {
     pub fn new(jwt_secret: JwtSecret) -> Self {
         Self {
             jwt_secret,
+            jwt_previous_secret: None,
             token_rules: TokenRules::default(),
+            jwks: None,
             heartbeat: Duration::from_secs(15),
             retry_base: Duration::from_millis(2_000),
             cors_origins: Vec::new(),
@@ -60,6 +82,11 @@ impl ServerConfig {
             workers: None,
             slow_consumer_timeout: Duration::from_secs(30),
             max_streams: None,
+            limits: LimitsConfig::default(),
+            tls: None,
+            metrics_max_namespaces: 32,
+            metrics_max_event_types: 64,
+            network: NetworkPolicy::default(),
             max_header_bytes: 16 * 1024,
             client_request_timeout: Duration::from_secs(5),
         }

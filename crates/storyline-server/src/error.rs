@@ -36,6 +36,8 @@ pub enum ApiError {
     BadIdempotencyKey(#[from] IdempotencyKeyError),
     #[error("request body is not valid JSON: {0}")]
     MalformedJson(String),
+    #[error("the request body ended before it was complete: {0}")]
+    IncompleteBody(String),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -44,8 +46,8 @@ pub enum ApiError {
     InvalidEvent(String),
     #[error("invalid event type: {0}")]
     BadEventType(#[from] EventTypeError),
-    #[error("{0}")]
-    Unauthenticated(String),
+    #[error("{1}")]
+    Unauthenticated(crate::auth::AuthFailure, String),
     #[error("{0}")]
     Forbidden(String),
     #[error("request headers total {size} bytes, over the limit of {limit}")]
@@ -56,12 +58,26 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the event broker is unavailable; retry later")]
     Unavailable { retry_after_secs: u32, cause: String },
+    #[error("{} limit of {quota} exceeded; retry after {retry_after_secs} s", limit_text(*limit))]
+    RateLimited { limit: crate::limits::Limit, quota: u32, retry_after_secs: u32 },
+    #[error("requests from this address are not accepted")]
+    IpDenied,
     #[error("this instance has no room for another stream; retry later (another instance may have room)")]
     AtCapacity { retry_after_secs: u32 },
     #[error("this instance is shutting down; retry later (another instance will answer)")]
     Draining { retry_after_secs: u32 },
     #[error("internal error")]
     Internal(String),
+}
+
+fn limit_text(limit: crate::limits::Limit) -> &'static str {
+    use crate::limits::Limit;
+    match limit {
+        Limit::PublishPerSub => "publish rate (events per second per principal, for its tier)",
+        Limit::PublishPerStory => "publish rate (events per second to this story)",
+        Limit::StreamOpensPerIp => "stream open rate (new streams per second from this address)",
+        Limit::StreamsPerPrincipal => "concurrent stream (streams open at once by this principal)",
+    }
 }
 
 impl ApiError {
@@ -72,16 +88,19 @@ impl ApiError {
             Self::BadQuery(_) => "bad-query",
             Self::BadIdempotencyKey(_) => "bad-idempotency-key",
             Self::MalformedJson(_) => "malformed-json",
+            Self::IncompleteBody(_) => "incomplete-body",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::InvalidEvent(_) | Self::BadEventType(_) => "invalid-event",
-            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Unauthenticated(..) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::HeadersTooLarge { .. } => "headers-too-large",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable { .. } => "unavailable",
             Self::AtCapacity { .. } => "at-capacity",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::IpDenied => "ip-denied",
             Self::Draining { .. } => "draining",
             Self::Internal(_) => "internal",
         }
@@ -94,16 +113,19 @@ impl ApiError {
             Self::BadQuery(_) => "Invalid query parameter",
             Self::BadIdempotencyKey(_) => "Invalid Idempotency-Key",
             Self::MalformedJson(_) => "Malformed JSON",
+            Self::IncompleteBody(_) => "Incomplete request body",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::InvalidEvent(_) | Self::BadEventType(_) => "Invalid event",
-            Self::Unauthenticated(_) => "Authentication required",
+            Self::Unauthenticated(..) => "Authentication required",
             Self::Forbidden(_) => "Forbidden",
             Self::HeadersTooLarge { .. } => "Request headers too large",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
             Self::AtCapacity { .. } => "At capacity",
+            Self::RateLimited { .. } => "Too many requests",
+            Self::IpDenied => "Address not allowed",
             Self::Draining { .. } => "Shutting down",
             Self::Internal(_) => "Internal error",
         }
@@ -138,12 +160,14 @@ impl ResponseError for ApiError {
             | Self::BadEventId { .. }
             | Self::BadQuery(_)
             | Self::BadIdempotencyKey(_)
-            | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            | Self::MalformedJson(_)
+            | Self::IncompleteBody(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidEvent(_) | Self::BadEventType(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::IpDenied => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -163,11 +187,12 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         match self {
-            Self::Unauthenticated(_) => {
+            Self::Unauthenticated(..) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"storyline\""));
             }
             Self::Unavailable { retry_after_secs, .. }
             | Self::AtCapacity { retry_after_secs }
+            | Self::RateLimited { retry_after_secs, .. }
             | Self::Draining { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }

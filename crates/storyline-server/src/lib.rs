@@ -5,19 +5,27 @@
 //! - [`startup`]: the one function that builds the running server, used by `main` and by every integration test.
 //! - [`config`]: what the surface needs to know ([`ServerConfig`]); the binary fills it from files and env.
 //! - `routes/`: one module per endpoint. `error`: the only `ResponseError`, rendered as RFC 9457 problem+json.
-//! - [`auth`]: JWT verification, scopes and the typed [`auth::Principal`] that handlers take as an argument.
+//! - [`auth`], [`jwks`]: JWT verification (an HS256 secret; public keys from a JWKS file or URL), scopes and the
+//!   typed [`auth::Principal`] that handlers take as an argument.
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 //!
 //! This crate depends on the broker *port* (`Arc<dyn Broker>`), never on an adapter.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 mod error;
+pub mod input;
+pub mod jwks;
+pub mod limits;
+mod metered;
 mod meters;
+pub mod network;
 pub mod openapi;
 mod routes;
 mod slow;
 pub mod startup;
+pub mod tls;
 
 pub use config::{RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit};
 pub use error::{ApiError, Problem};

@@ -4,6 +4,8 @@
 use std::sync::OnceLock;
 
 use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+use crate::auth::Tier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) const EVENTS_PUBLISHED: &str = "storyline_events_published_total";
@@ -14,7 +16,23 @@ pub(crate) const CONNECTIONS_OPENED: &str = "storyline_connections_opened_total"
 pub(crate) const CONNECTIONS_CLOSED: &str = "storyline_connections_closed_total";
 pub(crate) const HTTP_REQUESTS: &str = "storyline_http_requests_total";
 pub(crate) const HTTP_DURATION: &str = "storyline_http_request_duration_seconds";
+pub(crate) const CONNECTION_DURATION: &str = "storyline_connection_duration_seconds";
+pub(crate) const STREAM_OPEN_FAILURES: &str = "storyline_stream_open_failures_total";
+pub(crate) const BROKER_DURATION: &str = "storyline_broker_operation_duration_seconds";
+pub(crate) const BROKER_ERRORS: &str = "storyline_broker_errors_total";
+pub(crate) const BROKER_UP: &str = "storyline_broker_up";
+pub(crate) const PUBLISH_DURATION: &str = "storyline_publish_duration_seconds";
+pub(crate) const ACTIVE_STORIES: &str = "storyline_active_stories";
 pub(crate) const BUILD_INFO: &str = "storyline_build_info";
+pub(crate) const AUDIT_EVENTS: &str = "storyline_audit_events_total";
+pub(crate) const JWKS_REFRESH_FAILURES: &str = "storyline_jwks_refresh_failures_total";
+
+/// How long streams stay open, seconds: from a reconnect loop (under a second) to a reader who stays all day.
+const CONNECTION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0];
+
+/// Broker call buckets, seconds: from an in-memory append (microseconds) to a Redis call near its timeout.
+const BROKER_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// Request latency buckets, seconds.
 const HTTP_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -27,6 +45,11 @@ pub(crate) fn handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), HTTP_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.to_owned()), CONNECTION_BUCKETS)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BROKER_DURATION.to_owned()), BROKER_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.to_owned()), HTTP_BUCKETS))
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -39,55 +62,255 @@ pub(crate) fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(EVENTS_PUBLISHED, Unit::Count, "Events appended to a story log, by the publisher's tier.");
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        Unit::Count,
+        "Events appended to a story log, by story namespace and event type (each capped; the rest are `other`) and \
+         the publisher's tier."
+    );
     describe_counter!(
         IDEMPOTENT_REPLAYS,
         Unit::Count,
         "POSTs answered from an earlier append with the same Idempotency-Key."
     );
     describe_counter!(EVENTS_DELIVERED, Unit::Count, "Event frames written to subscriber streams.");
-    describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Open SSE streams.");
-    describe_counter!(CONNECTIONS_OPENED, Unit::Count, "SSE streams opened.");
-    describe_counter!(CONNECTIONS_CLOSED, Unit::Count, "SSE streams closed by the server, by reason.");
+    describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Open SSE streams, by the reader's tier.");
+    describe_counter!(CONNECTIONS_OPENED, Unit::Count, "SSE streams opened, by the reader's tier.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "SSE streams closed, by tier and reason: client (the reader went away), shutdown (drain), slow_consumer \
+         (socket not drained), token_expired. (A broker outage never ends a stream: it waits and catches up.)"
+    );
+    describe_histogram!(CONNECTION_DURATION, Unit::Seconds, "How long SSE streams stayed open, by the reader's tier.");
+    describe_counter!(
+        STREAM_OPEN_FAILURES,
+        Unit::Count,
+        "Stream opens that failed before the stream started, by reason: auth (401/403), bad_request (bad story or \
+         resume id), limit (rate, per-principal or instance limits), shutdown (draining), broker, error."
+    );
     describe_counter!(HTTP_REQUESTS, Unit::Count, "HTTP requests, by route template, method and status.");
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request duration until the response head, by route template and method."
     );
+    describe_counter!(
+        AUDIT_EVENTS,
+        Unit::Count,
+        "Audit events (auth failures, access denials, rate-limit rejections, admin actions), by event and reason."
+    );
+    describe_counter!(
+        JWKS_REFRESH_FAILURES,
+        Unit::Count,
+        "JWKS file reads or URL fetches that failed; the keys already in force stay in use."
+    );
+    describe_histogram!(BROKER_DURATION, Unit::Seconds, "Broker calls (append, read, bounds, ping), by op.");
+    describe_counter!(BROKER_ERRORS, Unit::Count, "Broker calls that failed, by op (tail: errors while tailing).");
+    describe_gauge!(
+        BROKER_UP,
+        Unit::Count,
+        "1 if the last broker call succeeded, 0 if it found the broker unavailable."
+    );
+    describe_histogram!(
+        PUBLISH_DURATION,
+        Unit::Seconds,
+        "From a POST's arrival to the broker's acknowledgement of the append (accepted events only)."
+    );
+    describe_gauge!(ACTIVE_STORIES, Unit::Count, "Stories with at least one open stream on this instance.");
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; labels carry the version.");
     ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    ::metrics::gauge!(CONNECTIONS_ACTIVE).set(0.0);
+    // Every tier's series exists from the start (at 0), so dashboards and alerts see "none" rather than "no data".
+    for tier in [Tier::Guest, Tier::Member, Tier::Agent, Tier::Admin] {
+        ::metrics::gauge!(CONNECTIONS_ACTIVE, "tier" => tier.as_str()).set(0.0);
+        ::metrics::counter!(CONNECTIONS_OPENED, "tier" => tier.as_str()).absolute(0);
+        for reason in CloseReason::ALL {
+            ::metrics::counter!(CONNECTIONS_CLOSED, "tier" => tier.as_str(), "reason" => reason.as_str()).absolute(0);
+        }
+    }
+    // Likewise the failure counters, so that a first burst is a rate, not a series appearing from nothing.
+    for reason in OPEN_FAILURE_REASONS {
+        ::metrics::counter!(STREAM_OPEN_FAILURES, "reason" => *reason).absolute(0);
+    }
+}
+
+/// The process's CPU time, resident memory, open file descriptors and their limit, threads and start time
+/// (`process_*`, the Prometheus client conventions), sampled when `/metrics` is scraped.
+pub(crate) fn collect_process() {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            let _ = handle();
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+}
+
+pub(crate) fn broker_call(op: &'static str, seconds: f64, error: Option<&storyline_core::BrokerError>) {
+    ::metrics::histogram!(BROKER_DURATION, "op" => op).record(seconds);
+    match error {
+        None => ::metrics::gauge!(BROKER_UP).set(1.0),
+        Some(error) => broker_error(op, error),
+    }
+}
+
+pub(crate) fn broker_error(op: &'static str, error: &storyline_core::BrokerError) {
+    ::metrics::counter!(BROKER_ERRORS, "op" => op).increment(1);
+    if matches!(error, storyline_core::BrokerError::Unavailable(_)) {
+        ::metrics::gauge!(BROKER_UP).set(0.0);
+    }
+}
+
+pub(crate) fn publish_duration(seconds: f64) {
+    ::metrics::histogram!(PUBLISH_DURATION).record(seconds);
+}
+
+pub(crate) fn active_stories(count: usize) {
+    #[allow(clippy::cast_precision_loss)] // a count of stories, far below 2^52
+    ::metrics::gauge!(ACTIVE_STORIES).set(count as f64);
 }
 
 pub(crate) fn counter(name: &'static str) {
     ::metrics::counter!(name).increment(1);
 }
 
-pub(crate) fn event_published(tier: crate::auth::Tier) {
-    ::metrics::counter!(EVENTS_PUBLISHED, "tier" => tier.as_str()).increment(1);
+pub(crate) fn audit_event(event: &'static str, reason: &'static str) {
+    ::metrics::counter!(AUDIT_EVENTS, "event" => event, "reason" => reason).increment(1);
 }
 
-/// Counts an open stream for as long as it lives.
+/// The label value of what clients name (story namespaces, event types): the value itself for the first
+/// `max` distinct values this process sees, `other` for the rest, so clients cannot grow the label set.
 #[derive(Debug)]
-pub(crate) struct OpenStream;
+pub(crate) struct CappedLabel {
+    max: usize,
+    seen: std::sync::RwLock<std::collections::HashSet<std::sync::Arc<str>>>,
+}
+
+/// What a label holds past its cap.
+pub(crate) const OTHER: &str = "other";
+
+impl CappedLabel {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max, seen: std::sync::RwLock::new(std::collections::HashSet::new()) }
+    }
+
+    pub(crate) fn value(&self, raw: &str) -> ::metrics::SharedString {
+        if let Ok(seen) = self.seen.read()
+            && let Some(known) = seen.get(raw)
+        {
+            return ::metrics::SharedString::from(std::sync::Arc::clone(known));
+        }
+        match self.seen.write() {
+            Ok(mut seen) if seen.len() < self.max => {
+                let value: std::sync::Arc<str> = raw.into();
+                seen.insert(std::sync::Arc::clone(&value));
+                ::metrics::SharedString::from(value)
+            }
+            _ => ::metrics::SharedString::const_str(OTHER),
+        }
+    }
+}
+
+/// The bounded labels of story events.
+#[derive(Debug)]
+pub(crate) struct EventLabels {
+    pub(crate) namespaces: CappedLabel,
+    pub(crate) event_types: CappedLabel,
+}
+
+pub(crate) fn event_published(
+    labels: &EventLabels,
+    story: &storyline_core::StoryId,
+    event_type: &storyline_core::EventType,
+    tier: crate::auth::Tier,
+) {
+    ::metrics::counter!(
+        EVENTS_PUBLISHED,
+        "namespace" => labels.namespaces.value(story.namespace()),
+        "event_type" => labels.event_types.value(event_type.as_str()),
+        "tier" => tier.as_str()
+    )
+    .increment(1);
+}
+
+/// Why a stream ended (the `reason` label of `storyline_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The reader went away (or the stream ended for no reason of the server's).
+    Client,
+    Shutdown,
+    SlowConsumer,
+    TokenExpired,
+}
+
+impl CloseReason {
+    const ALL: [Self; 4] = [Self::Client, Self::Shutdown, Self::SlowConsumer, Self::TokenExpired];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Shutdown => "shutdown",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TokenExpired => "token_expired",
+        }
+    }
+}
+
+/// Counts an open stream for as long as it lives: active and opened by tier; when dropped, closed by tier and
+/// [`OpenStream::reason`], and its duration.
+///
+/// It lives in every open stream, so it is small: the open time is kept in tenths of a second since the process
+/// started (a `u32`: 13 years), not as a 16-byte `Instant`; the duration buckets start at one second.
+#[derive(Debug)]
+pub(crate) struct OpenStream {
+    opened_ds: u32,
+    tier: crate::auth::Tier,
+    /// Why it ends; `Client` unless the server ends it.
+    pub(crate) reason: CloseReason,
+}
+
+/// Tenths of a second since the first call in this process.
+fn deciseconds() -> u32 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
+    u32::try_from(elapsed.as_millis() / 100).unwrap_or(u32::MAX)
+}
 
 impl OpenStream {
-    pub(crate) fn open() -> Self {
-        ::metrics::counter!(CONNECTIONS_OPENED).increment(1);
-        ::metrics::gauge!(CONNECTIONS_ACTIVE).increment(1.0);
-        Self
+    pub(crate) fn open(tier: crate::auth::Tier) -> Self {
+        ::metrics::counter!(CONNECTIONS_OPENED, "tier" => tier.as_str()).increment(1);
+        ::metrics::gauge!(CONNECTIONS_ACTIVE, "tier" => tier.as_str()).increment(1.0);
+        Self { opened_ds: deciseconds(), tier, reason: CloseReason::Client }
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        ::metrics::gauge!(CONNECTIONS_ACTIVE).decrement(1.0);
+        let tier = self.tier.as_str();
+        ::metrics::gauge!(CONNECTIONS_ACTIVE, "tier" => tier).decrement(1.0);
+        ::metrics::counter!(CONNECTIONS_CLOSED, "tier" => tier, "reason" => self.reason.as_str()).increment(1);
+        let seconds = f64::from(deciseconds().saturating_sub(self.opened_ds)) / 10.0;
+        ::metrics::histogram!(CONNECTION_DURATION, "tier" => tier).record(seconds);
     }
 }
 
-pub(crate) fn connection_closed(reason: &'static str) {
-    ::metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+/// Every `reason` of [`stream_open_failed`].
+const OPEN_FAILURE_REASONS: &[&str] = &["auth", "bad_request", "limit", "shutdown", "broker", "error"];
+
+/// A stream open that failed before the stream started (`reason`: see the metric's help).
+pub(crate) fn stream_open_failed(error: &crate::error::ApiError) {
+    use crate::error::ApiError as E;
+    let reason = match error {
+        E::Unauthenticated(..) | E::Forbidden(_) | E::IpDenied => "auth",
+        E::BadStoryId(_) | E::BadEventId { .. } | E::BadQuery(_) | E::HeadersTooLarge { .. } => "bad_request",
+        E::RateLimited { .. } | E::AtCapacity { .. } => "limit",
+        E::Draining { .. } => "shutdown",
+        E::Unavailable { .. } => "broker",
+        _ => "error",
+    };
+    ::metrics::counter!(STREAM_OPEN_FAILURES, "reason" => reason).increment(1);
 }
 
 /// Counts one frame written to a stream. This runs once per subscriber per event, so the counter's handle is
@@ -106,4 +329,19 @@ pub(crate) fn delivered() {
 pub(crate) fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
     ::metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string()).increment(1);
     ::metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_owned()).record(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_labels_keep_the_first_values_and_call_the_rest_other() {
+        let label = CappedLabel::new(2);
+        assert_eq!(label.value("a").as_ref(), "a");
+        assert_eq!(label.value("b").as_ref(), "b");
+        assert_eq!(label.value("c").as_ref(), OTHER, "past the cap");
+        assert_eq!(label.value("a").as_ref(), "a", "known values keep their label");
+        assert_eq!(label.value("d").as_ref(), OTHER);
+    }
 }

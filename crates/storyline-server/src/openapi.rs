@@ -1,20 +1,29 @@
 //! The OpenAPI document, generated from the handlers' annotations. `storyline openapi` prints it, the server
 //! serves it at `/openapi.json`, and `openapi/openapi.json` in the repository is checked against it by a test.
 //!
-//! The schema types here document wire formats whose serializers live in `storyline-core` (receipt, envelope);
-//! the contract tests check real responses against these shapes.
+//! The schema types here document wire formats whose serializers live in `storyline-core` (receipt, envelope)
+//! and `storyline-hub` (SSE frames); the contract tests and `scripts/schemathesis.sh` check real responses
+//! against these shapes.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use storyline_core::EventId;
 use utoipa::{
-    Modify, OpenApi, ToSchema,
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi, PartialSchema, ToSchema,
+    openapi::{
+        ObjectBuilder, Ref, RefOr, Schema, Type,
+        schema::AnyOfBuilder,
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 use crate::{error::Problem, routes};
 
-/// The body of `POST /v1/stories/{story}/events`.
+/// The body of `POST /v1/stories/{story}/events`; other fields are refused (422).
+// `deny_unknown_fields` as on the handler's body type: the schema says `additionalProperties: false`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// Event type: `^[a-z][a-z0-9_.-]{0,63}$`; `gap`, `token-expired` and `storyline.*` are reserved.
     #[serde(rename = "type")]
@@ -72,6 +81,98 @@ pub struct GapData {
     pub resumed_from: EventId,
 }
 
+/// Data of the `token-expired` event, the last frame of a stream whose token expired.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct TokenExpiredData {
+    /// The token's `exp`, seconds since the Unix epoch.
+    pub expired_at: u64,
+}
+
+/// One event of `GET /v1/stories/{story}/stream`, as an SSE parser (a browser's `EventSource`) hands it over:
+/// `event` names it and `data` is one line of JSON whose shape depends on `event`. Comments (`: keep-alive`)
+/// and the `retry:` hint that opens every stream are not events. `gap` and `token-expired` frames carry no
+/// `id:` line (a parser reports the last id it saw).
+///
+/// The schema of the stream's `text/event-stream` response is this, one event at a time (the OpenAPI 3.1
+/// reading that tools such as schemathesis use), so that each frame is checked against the payload its
+/// `event` announces.
+#[derive(Debug)]
+pub struct StreamEvent;
+
+impl StreamEvent {
+    /// `data`: a string holding JSON of the named schema.
+    fn data(payload: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .content_schema(Some(Ref::from_schema_name(payload)))
+    }
+
+    fn id() -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]+-[0-9]+$"))
+    }
+
+    fn retry() -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))
+    }
+
+    fn control(event: &str, payload: &str, description: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .title(Some(event))
+            .description(Some(description))
+            .property("event", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([event])))
+            .property("data", Self::data(payload))
+            .property("id", Self::id())
+            .property("retry", Self::retry())
+            .required("event")
+            .required("data")
+    }
+}
+
+impl PartialSchema for StreamEvent {
+    fn schema() -> RefOr<Schema> {
+        // anyOf, not oneOf: `contentSchema` is only an annotation to a plain JSON Schema validator, for which a
+        // `gap` frame would also match the story-event branch.
+        let story_event = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .title(Some("story event"))
+            .description(Some(
+                "An event of the story. `event` is its type (never `gap` or `token-expired`), `id` its id.",
+            ))
+            .property("event", ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[a-z][a-z0-9_.-]{0,63}$")))
+            .property("data", Self::data(EnvelopeBody::name().as_ref()))
+            .property("id", Self::id())
+            .property("retry", Self::retry())
+            .required("id")
+            .required("event")
+            .required("data");
+        AnyOfBuilder::new()
+            .description(Some(
+                "One event of the stream, as an SSE parser delivers it: `event` names it, `data` is one line of JSON.",
+            ))
+            .item(story_event)
+            .item(Self::control(
+                storyline_core::GAP_EVENT,
+                GapData::name().as_ref(),
+                "Events due to this reader were trimmed by retention (or the resume id is unknown): delivery \
+                 resumes from `resumed_from`.",
+            ))
+            .item(Self::control(
+                storyline_core::TOKEN_EXPIRED_EVENT,
+                TokenExpiredData::name().as_ref(),
+                "The token expired; the server closes the stream. Reconnect with a new token and `Last-Event-ID`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for StreamEvent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("StreamEvent")
+    }
+}
+
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -109,7 +210,16 @@ impl Modify for SecuritySchemes {
         routes::health::metrics,
         routes::health::openapi,
     ),
-    components(schemas(Problem, GapData, EnvelopeBody, ReceiptBody, PublishRequest, HistoryPage)),
+    components(schemas(
+        Problem,
+        StreamEvent,
+        GapData,
+        TokenExpiredData,
+        EnvelopeBody,
+        ReceiptBody,
+        PublishRequest,
+        HistoryPage
+    )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "events", description = "Publish, subscribe, read history"),

@@ -20,8 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::meters;
-
 /// The raw fd of a connection, recorded by `on_connect`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnFd(pub(crate) RawFd);
@@ -63,6 +61,11 @@ impl Watch {
     pub(crate) fn touch(&self) {
         self.last_poll.set(Instant::now());
     }
+
+    /// Whether the sweeper cut this stream's connection (it leaves the registry then).
+    pub(crate) fn was_cut(&self) -> bool {
+        STREAMS.with(|s| !s.borrow().contains_key(&self.id))
+    }
 }
 
 impl Drop for Watch {
@@ -88,7 +91,7 @@ async fn sweep(timeout: Duration) {
             STREAMS.with(|s| s.borrow_mut().remove(&id));
             match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both) {
                 Ok(()) => {
-                    meters::connection_closed("slow_consumer");
+                    // Counted as closed (reason slow_consumer) when the stream's body is dropped.
                     tracing::info!(timeout = ?timeout, "disconnected a slow consumer (socket not drained)");
                 }
                 Err(e) => tracing::debug!(error = %e, "slow consumer socket already gone"),

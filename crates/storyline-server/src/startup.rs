@@ -9,7 +9,7 @@ use std::{
 
 use actix_cors::Cors;
 use actix_web::{
-    App, Error, HttpRequest, HttpServer,
+    App, Error, HttpMessage, HttpRequest, HttpServer,
     body::MessageBody,
     dev::{ResourceDef, Server, ServerHandle, ServiceRequest, ServiceResponse},
     http::{Method, header},
@@ -22,7 +22,16 @@ use storyline_hub::{Hub, HubConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::JwtKeys, config::ServerConfig, error::ApiError, meters, routes};
+use crate::{
+    auth::JwtKeys,
+    config::ServerConfig,
+    error::ApiError,
+    jwks::Jwks,
+    limits::{HOUSEKEEPING_PERIOD, Limits},
+    meters,
+    network::ClientIp,
+    routes,
+};
 
 /// Shared by every worker.
 #[derive(Debug)]
@@ -37,6 +46,10 @@ pub struct AppState {
     pub(crate) signals: watch::Receiver<StreamSignal>,
     /// Streams open now, against `config.max_streams`.
     pub(crate) open_streams: std::sync::atomic::AtomicUsize,
+    /// Rate and per-principal limits.
+    pub(crate) limits: Limits,
+    /// Story namespaces and event types as metric labels, capped.
+    pub(crate) event_labels: meters::EventLabels,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -88,21 +101,40 @@ impl Application {
     pub fn build(config: ServerConfig, broker: Arc<dyn Broker>, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::default();
-        let keys = web::Data::new(JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone()));
+        let mut keys = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
+        if let Some(previous) = &config.jwt_previous_secret {
+            keys = keys.with_previous_secret(previous);
+        }
+        if let Some(source) = &config.jwks {
+            let jwks = Arc::new(Jwks::load(source.clone()).map_err(std::io::Error::other)?);
+            let runtime = runtime()?;
+            let stop = shutdown.clone();
+            jwks.spawn_refresher(&runtime, async move { stop.drained().await });
+            keys = keys.with_jwks(jwks);
+        }
+        let keys = web::Data::new(keys);
         let workers = config.workers;
         let grace = config.shutdown_grace;
         let client_request_timeout = config.client_request_timeout;
+        let tls = config.tls.clone();
+        let broker: Arc<dyn Broker> = Arc::new(crate::metered::MeteredBroker::new(broker));
         let hub = Hub::new(Arc::clone(&broker), HubConfig::default());
         let signals = stream_signals(config.heartbeat, shutdown.clone())?;
         let state = web::Data::new(AppState {
             broker,
-            config,
             shutdown: shutdown.clone(),
             hub,
             signals,
             open_streams: std::sync::atomic::AtomicUsize::new(0),
+            limits: Limits::new(config.limits),
+            event_labels: meters::EventLabels {
+                namespaces: meters::CappedLabel::new(config.metrics_max_namespaces),
+                event_types: meters::CappedLabel::new(config.metrics_max_event_types),
+            },
             metrics: meters::handle(),
+            config,
         });
+        spawn_housekeeping(&state, shutdown.clone())?;
 
         let mut server = HttpServer::new(move || {
             let cors_origins = &state.config.cors_origins;
@@ -112,7 +144,10 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
                 .wrap(Condition::new(!cors_origins.is_empty(), cors(cors_origins)))
+                .wrap(from_fn(credentials_only_with_a_granted_origin))
                 .wrap(from_fn(limit_headers))
+                .wrap(from_fn(network_gate))
+                .wrap(from_fn(crate::audit::audit))
                 .wrap(security_headers())
                 .wrap(from_fn(access_log))
                 .service(routes::publish::publish)
@@ -124,11 +159,16 @@ impl Application {
                 .service(routes::health::openapi)
                 .default_service(web::to(fallback))
         })
-        // Remember each connection's fd, for the slow-consumer sweeper (see `slow`).
+        // Remember each connection's fd, for the slow-consumer sweeper (see `slow`). Over TLS the socket under the
+        // session; with HTTP/2 every stream of the connection shares it, and a connection that stopped draining is
+        // cut for all of them (each resumes with Last-Event-ID).
         .on_connect(|conn, data| {
             use std::os::fd::AsRawFd;
+            type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 data.insert(crate::slow::ConnFd(tcp.as_raw_fd()));
+            } else if let Some(tls) = conn.downcast_ref::<TlsStream>() {
+                data.insert(crate::slow::ConnFd(tls.get_ref().0.as_raw_fd()));
             }
         })
         .client_request_timeout(client_request_timeout)
@@ -137,7 +177,11 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }
-        let server = server.listen(listener)?.run();
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, (*tls).clone())?,
+            None => server.listen(listener)?,
+        }
+        .run();
         Ok(Self { server, addr, shutdown })
     }
 
@@ -159,6 +203,12 @@ impl Application {
     }
 }
 
+/// The runtime the server's background tasks (stream signals, JWKS refresh, limiter housekeeping) run on.
+fn runtime() -> std::io::Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current()
+        .map_err(|e| std::io::Error::other(format!("Application::build needs a tokio runtime: {e}")))
+}
+
 /// Graceful stop: drain streams, refuse new work, let in-flight requests finish within the grace period.
 pub async fn stop(shutdown: &Shutdown, handle: &ServerHandle) {
     shutdown.trigger();
@@ -178,8 +228,7 @@ pub(crate) enum StreamSignal {
 /// turning it to [`StreamSignal::Drain`] when the shutdown is triggered (then it ends, and the closed channel
 /// means drain too). It also stops when the last receiver (the app state) is dropped.
 fn stream_signals(period: std::time::Duration, shutdown: Shutdown) -> std::io::Result<watch::Receiver<StreamSignal>> {
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|e| std::io::Error::other(format!("Application::build needs a tokio runtime: {e}")))?;
+    let runtime = runtime()?;
     let (tx, rx) = watch::channel(StreamSignal::Tick(0));
     runtime.spawn(async move {
         let mut interval = tokio::time::interval(period);
@@ -220,6 +269,19 @@ fn cors(origins: &[String]) -> Cors {
     cors
 }
 
+/// actix-cors sends `Access-Control-Allow-Credentials: true` whatever the origin; it means nothing without an
+/// `Access-Control-Allow-Origin`, but "credentials for listed origins only" should hold on the wire too.
+async fn credentials_only_with_a_granted_origin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let mut res = next.call(req).await?;
+    if !res.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        res.headers_mut().remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    }
+    Ok(res)
+}
+
 /// Headers on every response, errors and CORS preflights included. storyline serves data, never pages: nothing it
 /// answers may be sniffed into something executable, framed, or leak the page's URL as a referrer.
 const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -241,10 +303,45 @@ async fn limit_headers(
     let limit = req.app_data::<web::Data<AppState>>().map_or(usize::MAX, |state| state.config.max_header_bytes);
     let size: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
     if size > limit {
-        let response = actix_web::ResponseError::error_response(&ApiError::HeadersTooLarge { size, limit });
+        let response = actix_web::HttpResponse::from_error(ApiError::HeadersTooLarge { size, limit });
         return Ok(req.into_response(response).map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Resolves the client IP (through trusted proxies only), records it for the handlers, and refuses addresses
+/// the allow/deny lists keep out, before anything else runs.
+async fn network_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, Error> {
+    if let (Some(state), Some(peer)) = (req.app_data::<web::Data<AppState>>(), req.peer_addr()) {
+        let policy = &state.config.network;
+        let ip = policy.client_ip(peer.ip(), req.headers());
+        req.extensions_mut().insert(ClientIp(ip));
+        if !policy.admits(ip) {
+            return Ok(req
+                .into_response(actix_web::HttpResponse::from_error(ApiError::IpDenied))
+                .map_into_right_body());
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Prunes idle keys from the rate limiters every [`HOUSEKEEPING_PERIOD`] until shutdown.
+fn spawn_housekeeping(state: &web::Data<AppState>, shutdown: Shutdown) -> std::io::Result<()> {
+    let runtime = runtime()?;
+    let state = state.clone();
+    runtime.spawn(async move {
+        let mut interval = tokio::time::interval(HOUSEKEEPING_PERIOD);
+        loop {
+            tokio::select! {
+                () = shutdown.drained() => return,
+                _ = interval.tick() => state.limits.housekeeping(),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// 405 with `Allow` for known paths, 404 otherwise; always problem+json.
@@ -276,6 +373,8 @@ async fn access_log(
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     if route != "/v1/stories/{story}/stream" {
         meters::http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
+    } else if let Some(error) = res.response().error().and_then(|e| e.as_error::<ApiError>()) {
+        meters::stream_open_failed(error);
     }
     tracing::info!(target: "storyline::access", %method, %path, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
     Ok(res)

@@ -9,6 +9,7 @@ use storyline_core::Broker;
 use storyline_server::{
     Application, ServerConfig, Shutdown,
     auth::{JwtKeys, JwtSecret, Tier},
+    limits::LimitsConfig,
 };
 
 use crate::sse::SseStream;
@@ -24,6 +25,8 @@ pub fn test_config() -> ServerConfig {
         broker_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(5),
         workers: Some(1),
+        // Tests measure behaviour, not the limits; the limit tests set their own.
+        limits: LimitsConfig::unlimited(),
         ..ServerConfig::new(JwtSecret::new(TEST_SECRET))
     }
 }
@@ -32,6 +35,8 @@ pub fn test_config() -> ServerConfig {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
     pub client: Client,
     pub broker: Arc<dyn Broker>,
     keys: JwtKeys,
@@ -55,12 +60,13 @@ pub async fn spawn_app_with(broker: Arc<dyn Broker>, config: ServerConfig) -> Te
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let keys = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
     let app = Application::build(config, Arc::clone(&broker), listener).expect("build the application");
-    let base = format!("http://{}", app.local_addr());
+    let addr = app.local_addr();
+    let base = format!("http://{addr}");
     let shutdown = app.shutdown();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
-    TestApp { base, client, broker, keys, shutdown, handle }
+    TestApp { base, addr, client, broker, keys, shutdown, handle }
 }
 
 impl TestApp {
@@ -161,6 +167,12 @@ impl TestApp {
     }
 
     /// Triggers the drain and stops the server gracefully.
+    /// The current value of one series on `/metrics` (0 when absent: counters start there).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.client.get(self.url("/metrics")).send().await.expect("GET /metrics");
+        crate::metric_value(&text.text().await.expect("metrics text"), series).unwrap_or(0.0)
+    }
+
     pub async fn stop(&self) {
         storyline_server::startup::stop(&self.shutdown, &self.handle).await;
     }

@@ -1,6 +1,8 @@
 //! Dev-only test kit for storyline.
 //!
 //! - [`RedisServer`]: a throwaway `redis-server` on a free port, killed on drop. Never the system Redis.
+//! - [`sign_with_fixture`], [`JwksServer`]: tokens signed with the test-only keys in `fixtures/`, and a JWKS
+//!   endpoint whose keys a test rotates.
 //! - [`poll_until`]: wait for a condition with a deadline instead of sleeping and hoping.
 //! - [`conformance`]: the broker contract suite; each adapter's `tests/` runs every case against itself.
 //! - [`spawn_app`]: the real server on a free port, with typed helpers ([`TestApp`]) and a raw SSE reader
@@ -11,12 +13,14 @@
 
 mod app;
 pub mod conformance;
+mod keys;
 mod redis_server;
 mod sse;
 
 use std::{future::Future, time::Duration};
 
 pub use app::{Publisher, TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
+pub use keys::{JwksServer, fixture, jwks_of, sign_with_fixture};
 pub use redis_server::RedisServer;
 pub use sse::{Frame, SseStream};
 
@@ -41,4 +45,11 @@ where
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+}
+
+/// The value of one series (`name{labels}` exactly as exposed, or a bare name) in Prometheus text format.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::{StreamExt, stream::BoxStream};
 
 /// One SSE frame (the lines up to a blank line), as sent.
@@ -15,6 +15,12 @@ pub struct Frame {
     pub data: Option<String>,
     pub retry: Option<u64>,
     pub comments: Vec<String>,
+}
+
+impl From<storyline_hub::SseFrame> for Frame {
+    fn from(f: storyline_hub::SseFrame) -> Self {
+        Self { id: f.id, event: f.event, data: f.data, retry: f.retry, comments: f.comments }
+    }
 }
 
 impl Frame {
@@ -129,45 +135,6 @@ impl SseStream {
     }
 
     fn take_frame(&mut self) -> Option<Frame> {
-        let end = find_blank_line(&self.buffer)?;
-        let block = self.buffer.split_to(end.0);
-        self.buffer.advance(end.1);
-        Some(parse_block(&String::from_utf8_lossy(&block)))
+        storyline_hub::take_frame(&mut self.buffer).map(Frame::from)
     }
-}
-
-/// Position of the first frame terminator: (end of frame, length of terminator).
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..buf.len() {
-        for term in [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"] {
-            if buf[i..].starts_with(term) {
-                return Some((i, term.len()));
-            }
-        }
-    }
-    None
-}
-
-fn parse_block(block: &str) -> Frame {
-    let mut frame = Frame::default();
-    for line in block.lines() {
-        if let Some(comment) = line.strip_prefix(':') {
-            frame.comments.push(comment.trim_start().to_owned());
-            continue;
-        }
-        let (field, value) = line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
-        match field {
-            "id" => frame.id = Some(value.to_owned()),
-            "event" => frame.event = Some(value.to_owned()),
-            "data" => {
-                frame.data = Some(match frame.data.take() {
-                    Some(prev) => format!("{prev}\n{value}"),
-                    None => value.to_owned(),
-                })
-            }
-            "retry" => frame.retry = value.parse().ok(),
-            _ => {}
-        }
-    }
-    frame
 }

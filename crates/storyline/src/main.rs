@@ -4,10 +4,12 @@
 //! - `storyline token`: mint a JWT with the configured secret.
 //! - `storyline openapi`: print the OpenAPI document.
 //! - `storyline config`: print the effective configuration (secrets redacted).
+//! - `storyline probe`: a synthetic reader and writer that checks round trip and resume (see `probe.rs`).
 
+mod probe;
 mod settings;
 
-use std::{net::TcpListener, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::TcpListener, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -16,7 +18,7 @@ use storyline_broker_memory::MemoryBroker;
 use storyline_broker_redis::{RedisBroker, RedisConfig};
 use storyline_core::Broker;
 use storyline_server::{
-    Application, ServerConfig,
+    Application,
     auth::{JwtKeys, JwtSecret, Tier, TokenRules},
     startup,
 };
@@ -64,10 +66,18 @@ enum Command {
     Openapi,
     /// Print the effective configuration as TOML (secrets redacted).
     Config,
+    /// Check a running storyline end to end: stream, publish, round trip, resume. Repeats and serves /metrics,
+    /// or runs once (--once) and exits 0 or 1.
+    Probe(probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The probe is a client of some storyline, possibly elsewhere: this machine's service settings are not its own.
+    let command = match cli.command {
+        Command::Probe(args) => return probe::main(args),
+        other => other,
+    };
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
         Ok(s) => s,
         Err(e) => {
@@ -75,7 +85,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Serve { listen, redis_url } => {
             let mut settings = settings;
             if let Some(listen) = listen {
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
         Command::Token { sub, scope, tier, ttl_secs } => token(&settings, &sub, &scope, tier, ttl_secs),
         Command::Openapi => write_stdout(&storyline_server::openapi::pretty_json()),
         Command::Config => write_stdout(&settings.to_toml_redacted()),
+        Command::Probe(_) => unreachable!("dispatched above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,14 +132,27 @@ fn token(settings: &Settings, sub: &str, scope: &str, tier: Option<Tier>, ttl_se
     write_stdout(&format!("{token}\n"))
 }
 
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`). Audit events (target `storyline::audit`) are JSON
+/// lines in either format, so they can be shipped and queried as structured records.
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let is_audit = |meta: &tracing::Metadata<'_>| meta.target() == storyline_server::audit::AUDIT_TARGET;
     match format {
-        LogFormat::Json => fmt().json().with_env_filter(filter).with_current_span(false).init(),
+        LogFormat::Json => {
+            tracing_subscriber::registry()
+                .with(fmt::layer().json().with_current_span(false).with_filter(filter()))
+                .init();
+        }
         LogFormat::Text => {
             use std::io::IsTerminal;
-            fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal()).init();
+            let text = fmt::layer()
+                .with_ansi(std::io::stdout().is_terminal())
+                .with_filter(filter_fn(move |meta| !is_audit(meta)))
+                .with_filter(filter());
+            let audit =
+                fmt::layer().json().with_current_span(false).with_filter(filter_fn(is_audit)).with_filter(filter());
+            tracing_subscriber::registry().with(text).with(audit).init();
         }
     }
 }
@@ -165,24 +189,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let addr = settings.listen_addr()?;
     let listener = listen(addr).with_context(|| format!("could not listen on {addr}"))?;
-    let config = ServerConfig {
-        heartbeat: Duration::from_secs(settings.heartbeat_secs),
-        retry_base: Duration::from_millis(settings.retry_ms),
-        cors_origins: settings.cors_origins.clone(),
-        body_limit_bytes: settings.body_limit_bytes,
-        broker_timeout: Duration::from_millis(settings.broker_timeout_ms),
-        shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
-        workers: (settings.workers > 0).then_some(settings.workers),
-        slow_consumer_timeout: Duration::from_secs(settings.slow_consumer_secs),
-        max_streams: NonZeroUsize::new(settings.max_streams)
-            .or_else(storyline_server::streams_allowed_by_open_files_limit),
-        token_rules: settings.token_rules(),
-        ..ServerConfig::new(secret.clone())
-    };
+    let config = settings.server_config(secret.clone())?;
     let app = Application::build(config, broker, listener)?;
     let bound = app.local_addr();
     tracing::info!(address = %bound, "listening");
-    if ephemeral {
+    if ephemeral && settings.jwks().is_none() {
         print_quickstart(&secret, settings.token_rules(), bound)?;
     }
 

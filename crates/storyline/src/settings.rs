@@ -4,7 +4,7 @@
 //! The environment is passed in (not read here) so tests can supply their own without touching the process
 //! environment.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::Path, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use figment::{
@@ -14,7 +14,13 @@ use figment::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use storyline_core::Retention;
-use storyline_server::auth::TokenRules;
+use storyline_server::{
+    ServerConfig,
+    auth::{JwtSecret, TokenRules},
+    jwks::JwksSource,
+    limits::{LimitsConfig, TierRates},
+    network::NetworkPolicy,
+};
 
 /// Every setting, with its default. Field names are the TOML keys; `STORYLINE_<NAME>` overrides each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,12 +32,20 @@ pub(crate) struct Settings {
     pub(crate) redis_url: Option<String>,
     /// HS256 secret; unset generates an ephemeral one at start and prints example tokens.
     pub(crate) jwt_secret: Option<String>,
+    /// The HS256 secret being rotated out: tokens it signed still verify. Unset once they have expired.
+    pub(crate) jwt_secret_previous: Option<String>,
     /// Required `iss` claim; unset: not checked.
     pub(crate) jwt_issuer: Option<String>,
     /// Required `aud` claim; unset: not checked.
     pub(crate) jwt_audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, seconds.
     pub(crate) jwt_leeway_secs: u64,
+    /// JWKS file with public keys for RS/PS/ES/EdDSA tokens; unset: none.
+    pub(crate) jwks_file: Option<String>,
+    /// JWKS URL with public keys for RS/PS/ES/EdDSA tokens, fetched in the background; unset: none.
+    pub(crate) jwks_url: Option<String>,
+    /// Seconds between JWKS refreshes (file re-read, URL re-fetched).
+    pub(crate) jwks_refresh_secs: u64,
     /// Story patterns readable without a token, as tier guest (comma-separated in the environment).
     #[serde(deserialize_with = "patterns")]
     pub(crate) public_read: Vec<String>,
@@ -65,6 +79,34 @@ pub(crate) struct Settings {
     pub(crate) max_header_bytes: usize,
     /// Time a client gets to send its request head, milliseconds; past it: 408 and close (slowloris).
     pub(crate) client_request_timeout_ms: u64,
+    /// Events per second one principal (`sub`) may publish, by tier; 0 = no limit.
+    pub(crate) publish_rate_guest: u32,
+    pub(crate) publish_rate_member: u32,
+    pub(crate) publish_rate_agent: u32,
+    pub(crate) publish_rate_admin: u32,
+    /// Events per second one story accepts from all writers together; 0 = no limit.
+    pub(crate) publish_rate_per_story: u32,
+    /// New streams per second from one client IP; 0 = no limit.
+    pub(crate) stream_opens_per_ip: u32,
+    /// Streams one principal may hold open at once (anonymous guests: per IP); 0 = no limit.
+    pub(crate) streams_per_principal: u32,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed.
+    #[serde(deserialize_with = "patterns")]
+    pub(crate) trusted_proxies: Vec<String>,
+    /// When non-empty, only clients in these networks are served.
+    #[serde(deserialize_with = "patterns")]
+    pub(crate) ip_allow: Vec<String>,
+    /// Clients in these networks are refused.
+    #[serde(deserialize_with = "patterns")]
+    pub(crate) ip_deny: Vec<String>,
+    /// PEM certificate chain (leaf first) to serve HTTPS and HTTP/2 with; needs `tls_key_file`.
+    pub(crate) tls_cert_file: Option<String>,
+    /// PEM private key of `tls_cert_file`.
+    pub(crate) tls_key_file: Option<String>,
+    /// Distinct story namespaces with their own metric label value; the rest are `other`.
+    pub(crate) metrics_max_namespaces: usize,
+    /// Distinct event types with their own metric label value; the rest are `other`.
+    pub(crate) metrics_max_event_types: usize,
     /// Log format: `text` (human) or `json`.
     pub(crate) log_format: LogFormat,
 }
@@ -78,13 +120,18 @@ pub(crate) enum LogFormat {
 
 impl Default for Settings {
     fn default() -> Self {
+        let defaults = LimitsConfig::default();
         Self {
             listen: "127.0.0.1:8080".into(),
             redis_url: None,
             jwt_secret: None,
+            jwt_secret_previous: None,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_secs: 5,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
             public_read: Vec::new(),
             heartbeat_secs: 15,
             cors_origins: Vec::new(),
@@ -100,6 +147,20 @@ impl Default for Settings {
             max_streams: 0,
             max_header_bytes: 16 * 1024,
             client_request_timeout_ms: 5_000,
+            publish_rate_guest: defaults.publish_per_sub.guest,
+            publish_rate_member: defaults.publish_per_sub.member,
+            publish_rate_agent: defaults.publish_per_sub.agent,
+            publish_rate_admin: defaults.publish_per_sub.admin,
+            publish_rate_per_story: defaults.publish_per_story,
+            stream_opens_per_ip: defaults.stream_opens_per_ip,
+            streams_per_principal: defaults.streams_per_principal,
+            trusted_proxies: Vec::new(),
+            ip_allow: Vec::new(),
+            ip_deny: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            metrics_max_namespaces: 32,
+            metrics_max_event_types: 64,
             log_format: LogFormat::Text,
         }
     }
@@ -134,8 +195,9 @@ fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 struct EnvSource(Dict);
 
 const PREFIX: &str = "STORYLINE_";
-/// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern).
-const NOT_SETTINGS: &[&str] = &["config"];
+/// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern; the probe's
+/// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings).
+const NOT_SETTINGS: &[&str] = &["config", "probe_token"];
 const NUMERIC: &[&str] = &[
     "heartbeat_secs",
     "retention_max_events",
@@ -149,6 +211,16 @@ const NUMERIC: &[&str] = &[
     "slow_consumer_secs",
     "max_streams",
     "jwt_leeway_secs",
+    "jwks_refresh_secs",
+    "publish_rate_guest",
+    "publish_rate_member",
+    "publish_rate_agent",
+    "publish_rate_admin",
+    "publish_rate_per_story",
+    "stream_opens_per_ip",
+    "streams_per_principal",
+    "metrics_max_namespaces",
+    "metrics_max_event_types",
     "max_header_bytes",
     "client_request_timeout_ms",
 ];
@@ -212,8 +284,13 @@ impl Settings {
         // An empty value means "not set" (e.g. STORYLINE_REDIS_URL= in a compose file selects memory).
         settings.redis_url = settings.redis_url.filter(|u| !u.trim().is_empty());
         settings.jwt_secret = settings.jwt_secret.filter(|s| !s.is_empty());
+        settings.jwt_secret_previous = settings.jwt_secret_previous.filter(|s| !s.is_empty());
         settings.jwt_issuer = settings.jwt_issuer.filter(|s| !s.is_empty());
         settings.jwt_audience = settings.jwt_audience.filter(|s| !s.is_empty());
+        settings.jwks_file = settings.jwks_file.filter(|s| !s.trim().is_empty());
+        settings.jwks_url = settings.jwks_url.filter(|s| !s.trim().is_empty());
+        settings.tls_cert_file = settings.tls_cert_file.filter(|s| !s.trim().is_empty());
+        settings.tls_key_file = settings.tls_key_file.filter(|s| !s.trim().is_empty());
         settings.validate()?;
         Ok(settings)
     }
@@ -248,6 +325,20 @@ impl Settings {
         if self.jwt_leeway_secs > 300 {
             bail!("jwt_leeway_secs must be at most 300 (it lets expired tokens through for that long)");
         }
+        if let Some(url) = &self.jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            bail!("jwks_url {url:?} must be an https:// URL");
+        }
+        if let Some(file) = &self.jwks_file {
+            storyline_server::jwks::Jwks::load(JwksSource::new(Some(file.into()), None))
+                .with_context(|| format!("jwks_file {file:?}"))?;
+        }
+        if self.jwks_refresh_secs < 10 {
+            bail!("jwks_refresh_secs must be at least 10");
+        }
+        self.network()?;
+        self.tls()?;
         if self.max_header_bytes < 1024 {
             bail!("max_header_bytes must be at least 1024");
         }
@@ -262,6 +353,14 @@ impl Settings {
             && secret.len() < 16
         {
             bail!("jwt_secret must be at least 16 bytes (32 random bytes recommended)");
+        }
+        if let Some(previous) = &self.jwt_secret_previous {
+            if previous.len() < 16 {
+                bail!("jwt_secret_previous must be at least 16 bytes");
+            }
+            if self.jwt_secret.is_none() {
+                bail!("jwt_secret_previous is for rotating jwt_secret: set jwt_secret (the new one) too");
+            }
         }
         for origin in &self.cors_origins {
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -289,6 +388,82 @@ impl Settings {
         }
     }
 
+    /// Where public keys for asymmetric tokens come from, if anywhere.
+    pub(crate) fn jwks(&self) -> Option<JwksSource> {
+        (self.jwks_file.is_some() || self.jwks_url.is_some()).then(|| JwksSource {
+            refresh: Duration::from_secs(self.jwks_refresh_secs),
+            ..JwksSource::new(self.jwks_file.as_ref().map(Into::into), self.jwks_url.clone())
+        })
+    }
+
+    pub(crate) fn limits(&self) -> LimitsConfig {
+        LimitsConfig {
+            publish_per_sub: TierRates {
+                guest: self.publish_rate_guest,
+                member: self.publish_rate_member,
+                agent: self.publish_rate_agent,
+                admin: self.publish_rate_admin,
+            },
+            publish_per_story: self.publish_rate_per_story,
+            stream_opens_per_ip: self.stream_opens_per_ip,
+            streams_per_principal: self.streams_per_principal,
+        }
+    }
+
+    /// The address lists, parsed: CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+    pub(crate) fn network(&self) -> anyhow::Result<NetworkPolicy> {
+        fn nets(name: &str, list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+            list.iter()
+                .map(|item| {
+                    item.parse::<ipnet::IpNet>()
+                        .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .with_context(|| format!("{name} entry {item:?} is not a CIDR (10.0.0.0/8) or an address"))
+                })
+                .collect()
+        }
+        Ok(NetworkPolicy {
+            trusted_proxies: nets("trusted_proxies", &self.trusted_proxies)?,
+            allow: nets("ip_allow", &self.ip_allow)?,
+            deny: nets("ip_deny", &self.ip_deny)?,
+        })
+    }
+
+    /// The TLS configuration, when both files are set (one without the other is an error).
+    pub(crate) fn tls(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(storyline_server::tls::server_config(cert.as_ref(), key.as_ref())?)),
+            _ => bail!("tls_cert_file and tls_key_file go together: set both to serve HTTPS, or neither"),
+        }
+    }
+
+    /// What the HTTP surface is built with: every setting that concerns it, and nothing else.
+    pub(crate) fn server_config(&self, secret: JwtSecret) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
+            limits: self.limits(),
+            network: self.network()?,
+            tls: self.tls()?,
+            metrics_max_namespaces: self.metrics_max_namespaces,
+            metrics_max_event_types: self.metrics_max_event_types,
+            heartbeat: Duration::from_secs(self.heartbeat_secs),
+            retry_base: Duration::from_millis(self.retry_ms),
+            cors_origins: self.cors_origins.clone(),
+            body_limit_bytes: self.body_limit_bytes,
+            broker_timeout: Duration::from_millis(self.broker_timeout_ms),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            workers: (self.workers > 0).then_some(self.workers),
+            slow_consumer_timeout: Duration::from_secs(self.slow_consumer_secs),
+            max_streams: NonZeroUsize::new(self.max_streams)
+                .or_else(storyline_server::streams_allowed_by_open_files_limit),
+            max_header_bytes: self.max_header_bytes,
+            client_request_timeout: Duration::from_millis(self.client_request_timeout_ms),
+            token_rules: self.token_rules(),
+            jwks: self.jwks(),
+            jwt_previous_secret: self.jwt_secret_previous.as_ref().map(|s| JwtSecret::new(s.as_bytes())),
+            ..ServerConfig::new(secret)
+        })
+    }
+
     pub(crate) fn retention(&self) -> Retention {
         Retention {
             max_events: NonZeroUsize::new(self.retention_max_events).unwrap_or(NonZeroUsize::MIN),
@@ -302,6 +477,9 @@ impl Settings {
         let mut shown = self.clone();
         if shown.jwt_secret.is_some() {
             shown.jwt_secret = Some("<redacted>".into());
+        }
+        if shown.jwt_secret_previous.is_some() {
+            shown.jwt_secret_previous = Some("<redacted>".into());
         }
         if let Some(url) = &shown.redis_url {
             shown.redis_url = Some(redact_url(url));
@@ -326,6 +504,101 @@ pub(crate) fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
 
+    fn fixture(name: &str) -> String {
+        format!("{}/../storyline-testkit/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_readable_ones() {
+        let load =
+            |env: &[(&str, &str)]| Settings::load(None, env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let cert = fixture("tls-cert.pem");
+        let key = fixture("tls-key.pem");
+        assert!(load(&[("STORYLINE_TLS_CERT_FILE", &cert)]).is_err(), "cert without key");
+        assert!(load(&[("STORYLINE_TLS_KEY_FILE", &key)]).is_err(), "key without cert");
+        assert!(load(&[("STORYLINE_TLS_CERT_FILE", &key), ("STORYLINE_TLS_KEY_FILE", &key)]).is_err(), "key as cert");
+        assert!(load(&[("STORYLINE_TLS_CERT_FILE", "/nonexistent.pem"), ("STORYLINE_TLS_KEY_FILE", &key)]).is_err());
+        assert!(load(&[("STORYLINE_TLS_CERT_FILE", &cert), ("STORYLINE_TLS_KEY_FILE", &key)]).is_ok());
+    }
+
+    /// Every setting of the HTTP surface reaches `ServerConfig` (each set to a non-default value here).
+    #[test]
+    fn server_settings_reach_the_server_config() {
+        let env = [
+            ("STORYLINE_HEARTBEAT_SECS", "7"),
+            ("STORYLINE_RETRY_MS", "1234"),
+            ("STORYLINE_CORS_ORIGINS", "https://a.example"),
+            ("STORYLINE_BODY_LIMIT_BYTES", "4096"),
+            ("STORYLINE_BROKER_TIMEOUT_MS", "777"),
+            ("STORYLINE_SHUTDOWN_GRACE_SECS", "3"),
+            ("STORYLINE_WORKERS", "3"),
+            ("STORYLINE_SLOW_CONSUMER_SECS", "21"),
+            ("STORYLINE_MAX_STREAMS", "99"),
+            ("STORYLINE_MAX_HEADER_BYTES", "2048"),
+            ("STORYLINE_CLIENT_REQUEST_TIMEOUT_MS", "2500"),
+            ("STORYLINE_JWT_ISSUER", "iss"),
+            ("STORYLINE_JWT_SECRET", "the-new-secret-0123456789"),
+            ("STORYLINE_JWT_SECRET_PREVIOUS", "the-old-secret-0123456789"),
+            ("STORYLINE_JWKS_URL", "https://idp.example/jwks.json"),
+            ("STORYLINE_JWKS_REFRESH_SECS", "60"),
+            ("STORYLINE_PUBLISH_RATE_GUEST", "2"),
+            ("STORYLINE_METRICS_MAX_NAMESPACES", "5"),
+            ("STORYLINE_METRICS_MAX_EVENT_TYPES", "6"),
+            ("STORYLINE_PUBLISH_RATE_MEMBER", "3"),
+            ("STORYLINE_PUBLISH_RATE_AGENT", "4"),
+            ("STORYLINE_PUBLISH_RATE_ADMIN", "0"),
+            ("STORYLINE_PUBLISH_RATE_PER_STORY", "6"),
+            ("STORYLINE_STREAM_OPENS_PER_IP", "7"),
+            ("STORYLINE_STREAMS_PER_PRINCIPAL", "8"),
+            ("STORYLINE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+            ("STORYLINE_IP_ALLOW", "10.0.0.0/8"),
+            ("STORYLINE_IP_DENY", "10.9.0.0/16,2001:db8::/32"),
+            ("STORYLINE_TLS_CERT_FILE", &fixture("tls-cert.pem")),
+            ("STORYLINE_TLS_KEY_FILE", &fixture("tls-key.pem")),
+        ];
+        let s =
+            Settings::load(None, env.map(|(k, v)| (k.to_owned(), v.to_owned()))).unwrap_or_else(|e| panic!("{e:#}"));
+        let c = s.server_config(JwtSecret::new("0123456789abcdef")).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(c.heartbeat, Duration::from_secs(7));
+        assert_eq!(c.retry_base, Duration::from_millis(1234));
+        assert_eq!(c.cors_origins, ["https://a.example"]);
+        assert_eq!(c.body_limit_bytes, 4096);
+        assert_eq!(c.broker_timeout, Duration::from_millis(777));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(c.workers, Some(3));
+        assert_eq!(c.slow_consumer_timeout, Duration::from_secs(21));
+        assert_eq!(c.max_streams.map(NonZeroUsize::get), Some(99));
+        assert_eq!(c.max_header_bytes, 2048);
+        assert_eq!(c.client_request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.token_rules.issuer.as_deref(), Some("iss"));
+        assert_eq!((c.metrics_max_namespaces, c.metrics_max_event_types), (5, 6));
+        assert_eq!(c.jwt_previous_secret.map(|s| s.len()), Some(25));
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                publish_per_sub: TierRates { guest: 2, member: 3, agent: 4, admin: 0 },
+                publish_per_story: 6,
+                stream_opens_per_ip: 7,
+                streams_per_principal: 8,
+            }
+        );
+        let nets = |list: &[&str]| list.iter().map(|n| n.parse::<ipnet::IpNet>().unwrap()).collect::<Vec<_>>();
+        assert_eq!(
+            c.network,
+            NetworkPolicy {
+                trusted_proxies: nets(&["10.0.0.0/8", "192.0.2.1/32"]),
+                allow: nets(&["10.0.0.0/8"]),
+                deny: nets(&["10.9.0.0/16", "2001:db8::/32"]),
+            }
+        );
+        assert_eq!(c.tls.map(|t| t.alpn_protocols.clone()), Some(vec![b"h2".to_vec(), b"http/1.1".to_vec()]));
+        let jwks = c.jwks.unwrap_or_else(|| panic!("jwks"));
+        assert_eq!(
+            (jwks.url.as_deref(), jwks.refresh),
+            (Some("https://idp.example/jwks.json"), Duration::from_secs(60))
+        );
+    }
+
     #[test]
     fn the_readme_configuration_table_lists_every_setting() {
         let readme = include_str!("../../../README.md");
@@ -336,6 +609,12 @@ mod tests {
             let name = format!("`{PREFIX}{}`", key.to_ascii_uppercase());
             assert!(readme.lines().any(|l| l.starts_with(&format!("| {name} |"))), "README's table lacks {name}");
         }
+    }
+
+    #[test]
+    fn the_probe_token_variable_is_not_an_unknown_setting() {
+        let s = Settings::load(None, env(&[("STORYLINE_PROBE_TOKEN", "a.b.c"), ("STORYLINE_HEARTBEAT_SECS", "7")]));
+        assert_eq!(s.map(|s| s.heartbeat_secs).ok(), Some(7), "serve starts with STORYLINE_PROBE_TOKEN set");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -410,11 +689,13 @@ mod tests {
     fn printed_config_hides_secrets() {
         let s = Settings {
             jwt_secret: Some("super-secret-value".into()),
+            jwt_secret_previous: Some("older-secret-value".into()),
             redis_url: Some("redis://app:pw@redis:6379/0".into()),
             ..Settings::default()
         };
         let shown = s.to_toml_redacted();
         assert!(!shown.contains("super-secret-value") && !shown.contains(":pw@"), "{shown}");
+        assert!(!shown.contains("older-secret-value"), "{shown}");
         assert!(shown.contains("redis://app:<redacted>@redis:6379/0"), "{shown}");
     }
 }

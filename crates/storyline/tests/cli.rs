@@ -2,22 +2,11 @@
 //! configuration errors, and `serve` from a cold start through SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_storyline");
+use std::{process::Command, time::Duration};
 
-fn storyline(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run storyline")
-}
+use common::{Running as Serve, logged_base_url, spawn, storyline};
 
 #[test]
 fn the_committed_openapi_document_matches_what_the_binary_prints() {
@@ -64,29 +53,9 @@ fn bad_configuration_exits_64_before_binding() {
     }
 }
 
-/// A `storyline serve` child, killed if the test fails midway.
-struct Serve(Child);
-
 /// Starts `storyline serve` on a free port with only `env` set, and its stdout as a channel of lines.
 fn serve(env: &[(&str, &str)]) -> (Serve, std::sync::mpsc::Receiver<String>) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start storyline serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (Serve(child), rx)
+    spawn(&["serve", "--listen", "127.0.0.1:0"], env)
 }
 
 /// The base URL `serve` logs (`STORYLINE_LOG_FORMAT=json`) once it listens; earlier lines are skipped.
@@ -97,13 +66,6 @@ fn base_url_from_json_logs(rx: &std::sync::mpsc::Receiver<String>) -> String {
         if entry["fields"]["message"] == "listening" {
             return format!("http://{}", entry["fields"]["address"].as_str().unwrap());
         }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -254,5 +216,91 @@ async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
             assert!(!text.contains(token_signature), "the valid token leaked into the {what}: {text}");
             assert!(!text.contains(signature), "the forged token leaked into the {what}: {text}");
         }
+    }
+}
+
+/// Authentication failures, access denials, rate-limit rejections and admin actions are audit events: JSON lines
+/// under the `storyline::audit` target even when the log format is text, with a bounded reason, the client IP and
+/// the token's `sub`, never the token; and counted by event and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_are_audited_as_json_lines_and_counted_by_reason() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let mint = |args: &[&str]| {
+        let out = storyline(&[&["token"], args].concat(), &[("STORYLINE_JWT_SECRET", SECRET)]);
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let reader = mint(&["--sub", "reader", "--scope", "read:*"]);
+    let writer = mint(&["--sub", "writer", "--scope", "write:*"]);
+    let admin = mint(&["--sub", "root", "--scope", "read:* write:*", "--tier", "admin"]);
+    // A well-formed token whose signature is wrong (base64 of "forged-signature-marker").
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.Zm9yZ2VkLXNpZ25hdHVyZS1tYXJrZXI";
+    let (serve, rx) = serve(&[
+        ("STORYLINE_JWT_SECRET", SECRET),
+        ("STORYLINE_LOG_FORMAT", "text"),
+        ("STORYLINE_PUBLISH_RATE_MEMBER", "1"),
+    ]);
+    let base = logged_base_url(&rx);
+    let client = reqwest::Client::new();
+    let post = |token: &str| {
+        client
+            .post(format!("{base}/v1/stories/demo/events"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"type":"chapter","data":1}"#)
+            .send()
+    };
+    assert_eq!(post(forged).await.unwrap().status(), 401);
+    assert_eq!(post(&reader).await.unwrap().status(), 403);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post(&writer).await.unwrap().status().as_u16());
+    }
+    assert!(statuses.contains(&429), "member at 1/s: {statuses:?}");
+    assert_eq!(post(&admin).await.unwrap().status(), 201);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut serve = serve;
+    tokio::task::spawn_blocking(move || serve.0.wait()).await.unwrap().unwrap();
+    let logs: Vec<String> = rx.iter().collect();
+    let audits: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["target"] == "storyline::audit")
+        .collect();
+    let find = |event: &str, reason: &str| {
+        audits
+            .iter()
+            .find(|e| e["fields"]["event"] == event && e["fields"]["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {event}/{reason} audit line in {audits:#?}"))
+            .clone()
+    };
+    let failure = find("auth_failure", "bad_signature");
+    assert_eq!(failure["fields"]["sub"], "mallory", "the claimed sub of a failed token");
+    assert_eq!(failure["fields"]["sub_verified"], false);
+    assert_eq!(failure["fields"]["client_ip"], "127.0.0.1");
+    assert_eq!(failure["fields"]["status"], 401);
+    assert_eq!(find("access_denied", "scope")["fields"]["sub"], "reader");
+    assert_eq!(find("rate_limited", "publish_rate_per_sub")["fields"]["sub"], "writer");
+    let action = find("admin_action", "write");
+    assert_eq!(
+        (&action["fields"]["sub"], &action["fields"]["route"]),
+        (&"root".into(), &"/v1/stories/{story}/events".into())
+    );
+    for line in logs.iter().filter(|l| l.contains("storyline::audit")) {
+        for token in [forged, &reader, &writer, &admin] {
+            assert!(!line.contains(token.rsplit('.').next().unwrap()), "a token leaked into an audit line: {line}");
+        }
+    }
+    assert!(!logs.iter().any(|l| l.contains("event=\"auth_failure\"")), "audit lines are not duplicated as text");
+    for (event, reason) in [
+        ("auth_failure", "bad_signature"),
+        ("access_denied", "scope"),
+        ("rate_limited", "publish_rate_per_sub"),
+        ("admin_action", "write"),
+    ] {
+        let series = format!("storyline_audit_events_total{{event=\"{event}\",reason=\"{reason}\"}}");
+        assert!(metrics.contains(&series), "{series} in /metrics");
     }
 }

@@ -30,6 +30,8 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 #[get("/metrics")]
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    crate::meters::collect_process();
+    crate::meters::active_stories(state.hub.stats().active_feeds);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

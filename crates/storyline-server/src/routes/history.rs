@@ -24,8 +24,8 @@ struct Page<'a> {
     path = "/v1/stories/{story}/events",
     tag = "events",
     params(
-        ("story" = String, Path, description = "Story id"),
-        ("after" = Option<String>, Query, description = "Return events after this id (`<ms>-<seq>`); `0` or absent: from the oldest retained"),
+        ("story" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", description = "Story id"),
+        ("after" = Option<String>, Query, pattern = "^(0|[0-9]{1,19}-[0-9]{1,19})$", description = "Return events after this id (`<ms>-<seq>`); `0` or absent: from the oldest retained"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1..1000 (default 100)"),
     ),
     responses(

@@ -35,19 +35,20 @@ struct Body<'a> {
     path = "/v1/stories/{story}/events",
     tag = "events",
     params(
-        ("story" = String, Path, description = "Story id: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1..128 visible ASCII characters. Within the idempotency window (default 24 h), a repeat on the same story returns 200 with the first event's receipt and appends nothing."),
+        ("story" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", description = "Story id"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,128}$", description = "1..128 visible ASCII characters. Within the idempotency window (default 24 h), a repeat on the same story returns 200 with the first event's receipt and appends nothing."),
     ),
     request_body(content = PublishRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Appended", body = ReceiptBody),
         (status = 200, description = "Already appended with this Idempotency-Key; nothing new was stored", body = ReceiptBody),
-        (status = 400, description = "Bad story id, Idempotency-Key or malformed JSON", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad story id, Idempotency-Key or malformed JSON (`malformed-json`), or a body that ended before it was complete (`incomplete-body`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token lacks write scope for this story", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks write scope for this story (`forbidden`), or the client address is not allowed (`ip-denied`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the limit", body = crate::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not application/json", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body is JSON but not a valid event (shape, or event type invalid or reserved)", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Publish rate exceeded: per principal (by tier) or per story (`rate-limited`); see Retry-After. Nothing was appended", body = crate::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Broker unavailable; see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
@@ -60,8 +61,10 @@ pub(crate) async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = std::time::Instant::now();
     let story = super::story_from_path(&path)?;
     principal.require_write(&story)?;
+    state.limits.check_publish(&principal, &story)?;
     let idempotency_key = match req.headers().get("idempotency-key") {
         Some(v) => Some(IdempotencyKey::parse(v.to_str().unwrap_or("\u{0}"))?),
         None => None,
@@ -79,12 +82,13 @@ pub(crate) async fn publish(
     )
     .await?;
 
+    meters::publish_duration(arrived.elapsed().as_secs_f64());
     let receipt = appended.receipt;
     if appended.duplicate {
         meters::counter(meters::IDEMPOTENT_REPLAYS);
         Ok(HttpResponse::Ok().json(receipt))
     } else {
-        meters::event_published(principal.tier);
+        meters::event_published(&state.event_labels, &receipt.story, &receipt.event_type, principal.tier);
         Ok(HttpResponse::Created().json(receipt))
     }
 }
@@ -106,7 +110,7 @@ async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::IncompleteBody(e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::BodyTooLarge { limit });
         }
@@ -116,16 +120,30 @@ async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize
 }
 
 /// Syntax errors are 400; valid JSON that is not an event is 422.
-fn parse_body(body: &[u8]) -> Result<(EventType, EventData), ApiError> {
-    let parsed: Body<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::InvalidEvent(format!("expected {{\"type\": string, \"data\": any JSON}}: {e}"))
+pub(crate) fn parse_body(body: &[u8]) -> Result<(EventType, EventData), ApiError> {
+    let parsed: Body<'_> = serde_json::from_slice(body).map_err(|e| {
+        if e.classify() != serde_json::error::Category::Data {
+            return ApiError::MalformedJson(e.to_string());
         }
-        _ => ApiError::MalformedJson(e.to_string()),
+        // serde stops at the first error, so a shape error can hide a syntax error further on (`{"x"`, `1 2`):
+        // only a body that is JSON throughout is 422.
+        match syntax_error(body) {
+            Some(syntax) => ApiError::MalformedJson(syntax),
+            None => ApiError::InvalidEvent(format!("expected {{\"type\": string, \"data\": any JSON}}: {e}")),
+        }
     })?;
     let event_type = EventType::parse(&parsed.event_type)?;
     let data = EventData::from_raw(parsed.data).map_err(|e| ApiError::InvalidEvent(e.to_string()))?;
     Ok((event_type, data))
+}
+
+/// Why `body` is not one JSON text, if it is not: UTF-8, then grammar (`IgnoredAny` allocates nothing, but skips
+/// strings without checking their encoding, hence the UTF-8 check first). Runs on the error path only.
+fn syntax_error(body: &[u8]) -> Option<String> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str::<serde::de::IgnoredAny>(text).err().map(|e| e.to_string()),
+        Err(e) => Some(format!("body is not UTF-8: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -145,11 +163,24 @@ mod tests {
             ("{\"type\":\"a\",\"data\":1,\"extra\":1}", 422),
             ("{\"type\":\"Bad\",\"data\":1}", 422),
             ("{\"type\":\"gap\",\"data\":1}", 422),
+            // Found by fuzzing: a shape error first, a syntax error after it. Not JSON, so 400.
+            ("{\"x\"", 400),
+            ("{\"type\":1", 400),
+            ("1 2", 400),
+            ("{\"type\":\"a\",\"x\":\"\u{fffd}\"}", 422),
         ];
         for (body, status) in cases {
             let got = parse_body(body.as_bytes()).err().map(|e| actix_web::ResponseError::status_code(&e).as_u16());
             assert_eq!(got, Some(*status), "case {body:?}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_after_a_shape_error_is_still_400() {
+        // Found by fuzzing: an unknown field first, then a string that is not UTF-8.
+        let body = b"{\"type\":\"chapter\",\"3data\":{\"te\xf8t\":1}}";
+        let got = parse_body(body).err().map(|e| actix_web::ResponseError::status_code(&e).as_u16());
+        assert_eq!(got, Some(400));
     }
 
     #[test]

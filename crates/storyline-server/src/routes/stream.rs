@@ -19,12 +19,11 @@
 //! `event: token-expired` frame; the client resumes with a new token and `Last-Event-ID`.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-
-use std::collections::VecDeque;
 
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::Deserialize;
@@ -56,16 +55,17 @@ pub(crate) struct StreamQuery {
     path = "/v1/stories/{story}/stream",
     tag = "events",
     params(
-        ("story" = String, Path, description = "Story id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id. Wins over `last_event_id`."),
-        ("last_event_id" = Option<String>, Query, description = "Resume after this event id (for clients that cannot set headers). `0`: from the oldest retained event."),
+        ("story" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", description = "Story id"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^(|0|[0-9]{1,19}-[0-9]{1,19})$", description = "Resume after this event id. Wins over `last_event_id`. Empty: none."),
+        ("last_event_id" = Option<String>, Query, pattern = "^(|0|[0-9]{1,19}-[0-9]{1,19})$", description = "Resume after this event id (for clients that cannot set headers). `0`: from the oldest retained event."),
         ("access_token" = Option<String>, Query, description = "Token, for EventSource (which cannot set headers)"),
     ),
     responses(
-        (status = 200, description = "An endless `text/event-stream`. Each event frame carries `id`, `event` (the event type) and `data` (the envelope as one line of JSON). A `gap` event (data: GapData) precedes a resume whose point was trimmed. When the token expires, a `token-expired` event (data: `{\"expired_at\": <the token's exp, seconds since the Unix epoch>}`, no `id`) is the last frame and the server closes the stream; reconnect with a new token and `Last-Event-ID` to lose nothing.", body = crate::openapi::EnvelopeBody, content_type = "text/event-stream"),
+        (status = 200, description = "An endless `text/event-stream`. Each event frame carries `id`, `event` (the event type) and `data` (the envelope as one line of JSON). A `gap` event (data: GapData) precedes a resume whose point was trimmed. When the token expires, a `token-expired` event (data: `{\"expired_at\": <the token's exp, seconds since the Unix epoch>}`, no `id`) is the last frame and the server closes the stream; reconnect with a new token and `Last-Event-ID` to lose nothing.", body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
         (status = 400, description = "Bad story id or resume id", body = crate::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token lacks read scope for this story", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks read scope for this story (`forbidden`), or the client address is not allowed (`ip-denied`)", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many new streams from this client address, or too many open streams for this principal (`rate-limited`); see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The instance is shutting down (`draining`) or already holds its maximum of open streams (`at-capacity`); see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
@@ -80,17 +80,13 @@ pub(crate) async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     let story = super::story_from_path(&path)?;
     principal.require_read(&story)?;
-    // An empty value means "no resume id" (what a client that has seen nothing yet may send).
-    let header = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}")).filter(|v| !v.is_empty());
-    let resume = match header {
-        Some(v) => Some(super::event_id(v)?),
-        None => query.last_event_id.as_deref().filter(|v| !v.is_empty()).map(super::event_id).transpose()?,
-    };
+    let resume = resume_point(&req, query.last_event_id.as_deref())?;
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining { retry_after_secs: state.config.retry_after_secs });
     }
-    let slot =
-        StreamSlot::acquire(&state).ok_or(ApiError::AtCapacity { retry_after_secs: state.config.retry_after_secs })?;
+    let ip = crate::network::client_ip(&req);
+    state.limits.check_stream_open(ip)?;
+    let slot = StreamSlot::acquire(&state, &principal, ip)?;
     let config = &state.config;
     // Resolve where to start before answering, so "only events appended after the stream opened" means after
     // the client saw the response. If the broker is unreachable, answer 200 anyway and let the pump resolve it
@@ -131,7 +127,7 @@ pub(crate) async fn stream(
         signals: state.signals.clone(),
         story,
         backoff: RETRY_MIN,
-        _open: meters::OpenStream::open(),
+        open: meters::OpenStream::open(principal.tier),
         slot,
     };
     Ok(HttpResponse::Ok()
@@ -143,6 +139,16 @@ pub(crate) async fn stream(
 }
 
 /// `base` plus up to 50%, so that clients dropped together do not come back together.
+/// Where the client wants to resume: the `Last-Event-ID` header, else the `last_event_id` query parameter. An
+/// empty value means "no resume id" (what a client that has seen nothing yet may send).
+pub(crate) fn resume_point(req: &HttpRequest, query: Option<&str>) -> Result<Option<EventId>, ApiError> {
+    let header = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}")).filter(|v| !v.is_empty());
+    match header {
+        Some(v) => super::event_id(v).map(Some),
+        None => query.filter(|v| !v.is_empty()).map(super::event_id).transpose(),
+    }
+}
+
 fn jittered(base: Duration) -> Duration {
     let base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(base_ms.saturating_add(fastrand::u64(0..=base_ms / 2)))
@@ -200,33 +206,58 @@ struct Body {
     story: StoryId,
     /// Current wait between broker retries while the broker is failing.
     backoff: Duration,
-    _open: meters::OpenStream,
+    /// Counts the stream as open, and as closed (by reason) when the body is dropped.
+    open: meters::OpenStream,
     /// The stream's place among `max_streams`, and through it the app state.
     slot: StreamSlot,
 }
 
-/// One of the instance's `max_streams` places, held by an open stream (or a stream being opened) and given back
-/// when it is dropped. It holds the app state the stream uses, so a stream keeps one handle on it.
-struct StreamSlot(web::Data<AppState>);
+/// One of the instance's `max_streams` places and one of its principal's `streams_per_principal`, held by an
+/// open stream (or a stream being opened) and given back when it is dropped. It holds the app state the stream
+/// uses, so a stream keeps one handle on it.
+struct StreamSlot {
+    state: web::Data<AppState>,
+    /// The principal's key in the per-principal count; `None` when that is unlimited.
+    principal: Option<Arc<str>>,
+}
 
 impl StreamSlot {
-    fn acquire(state: &web::Data<AppState>) -> Option<Self> {
+    /// The per-principal limit is 429 (this client holds too many), the instance cap 503 (another instance may
+    /// have room).
+    fn acquire(state: &web::Data<AppState>, principal: &Principal, ip: std::net::IpAddr) -> Result<Self, ApiError> {
         let max = state.config.max_streams.map_or(usize::MAX, std::num::NonZeroUsize::get);
         state
             .open_streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1))
-            .ok()
-            .map(|_| Self(state.clone()))
+            .map_err(|_| ApiError::AtCapacity { retry_after_secs: state.config.retry_after_secs })?;
+        match state.limits.acquire_stream(principal, ip) {
+            Ok(principal) => Ok(Self { state: state.clone(), principal }),
+            Err(e) => {
+                state.open_streams.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
     }
 
     fn state(&self) -> &AppState {
-        &self.0
+        &self.state
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+        self.state.open_streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(key) = &self.principal {
+            self.state.limits.release_stream(key);
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.watch.as_ref().is_some_and(Watch::was_cut) {
+            self.open.reason = meters::CloseReason::SlowConsumer;
+        }
     }
 }
 
@@ -281,9 +312,12 @@ impl Body {
             };
             match step {
                 Step::Emit(bytes) => return Some((Ok(bytes), self)),
-                Step::End => return None,
+                Step::End => {
+                    self.open.reason = meters::CloseReason::Shutdown;
+                    return None;
+                }
                 Step::Expired => {
-                    meters::connection_closed("token_expired");
+                    self.open.reason = meters::CloseReason::TokenExpired;
                     self.preface.push_back(encode_token_expired(self.expires_at));
                     self.closing = true;
                 }
@@ -361,8 +395,11 @@ mod tests {
     fn per_stream_state_stays_within_its_budget() {
         // Measured 712 (body 160, subscription 56) when this budget was set at 768; token expiry (the `exp`, a
         // lazily armed boxed timer and its select branch) added 72 bytes; the stream slot holds the app state the
-        // body used to hold separately: 784, budget 800.
-        const BUDGET_BYTES: usize = 800;
+        // body used to hold separately: 784, budget 800. The per-principal stream limit needs the principal's key
+        // to give its place back (16 bytes plus padding, 600 KB at 19,000 streams): 816, budget 816. Closes counted
+        // by tier and reason with their duration (issue 5) need the tier, the reason and the open time (6 bytes,
+        // the time as a u32 of tenths of a second): 832, budget 832.
+        const BUDGET_BYTES: usize = 832;
         let body = std::mem::size_of::<Body>();
         let subscription = std::mem::size_of::<Subscription>();
         let boxed = boxed_stream_size(Body::step);

@@ -1,11 +1,15 @@
 //! Health, readiness, metrics, the OpenAPI document, routing errors, CORS and broker outages.
 
 use serde_json::json;
-use storyline_testkit::test_config;
+use std::time::Duration;
+
+use storyline_testkit::{poll_until, test_config};
 
 use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, spawn, spawn_on_redis, spawn_with};
 
 both_brokers!(
+    published_events_are_labelled_by_capped_namespace_and_event_type,
+    streams_are_counted_by_tier_and_closes_and_failed_opens_by_reason,
     healthz_and_readyz_answer_200_without_a_token,
     metrics_are_prometheus_text_without_a_token,
     the_openapi_document_is_served_and_lists_every_route,
@@ -36,9 +40,25 @@ async fn metrics_are_prometheus_text_without_a_token(kind: Kind) {
         "storyline_connections_active",
         "storyline_http_requests_total",
         "storyline_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "storyline_publish_duration_seconds_bucket",
+        "storyline_broker_operation_duration_seconds_bucket{op=\"append\"",
+        "storyline_broker_up 1",
+        "storyline_active_stories",
+        // Present from the start (at 0 until something happens), for rates and ratios in alerts.
+        "storyline_connections_closed_total{tier=\"guest\",reason=\"slow_consumer\"}",
+        "storyline_stream_open_failures_total{reason=\"broker\"}",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
+    let value = |name: &str| {
+        storyline_testkit::metric_value(&text, name).unwrap_or_else(|| panic!("{name} has no value:\n{text}"))
+    };
+    assert!(value("process_open_fds") >= 3.0 && value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_resident_memory_bytes") > 1_000_000.0, "a real RSS");
     assert!(!text.contains("story=\""), "no story ids as labels");
 }
 
@@ -137,6 +157,24 @@ async fn cors_allows_only_configured_origins(kind: Kind) {
         .unwrap_or("")
         .to_ascii_lowercase();
     assert!(allowed.contains("idempotency-key"), "allowed headers: {allowed}");
+    // EventSource resumes with Last-Event-ID; a cross-origin fetch-based reader must be allowed to send it.
+    let stream_preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/stories/s/stream"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "last-event-id, authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(stream_preflight.status().is_success(), "stream preflight: {}", stream_preflight.status());
+    let allowed = stream_preflight
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(allowed.contains("last-event-id"), "allowed headers: {allowed}");
     let get = app
         .client
         .get(app.url("/v1/stories/s/events"))
@@ -149,6 +187,11 @@ async fn cors_allows_only_configured_origins(kind: Kind) {
         get.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
         Some("https://app.example")
     );
+    assert_eq!(
+        get.headers().get("access-control-allow-credentials").and_then(|v| v.to_str().ok()),
+        Some("true"),
+        "credentials (the token cookie) for a listed origin"
+    );
     let stranger = app
         .client
         .get(app.url("/v1/stories/s/events"))
@@ -159,6 +202,10 @@ async fn cors_allows_only_configured_origins(kind: Kind) {
         .unwrap();
     assert_eq!(stranger.status(), 200, "non-browser semantics unchanged");
     assert!(stranger.headers().get("access-control-allow-origin").is_none(), "no CORS grant for an unlisted origin");
+    assert!(
+        stranger.headers().get("access-control-allow-credentials").is_none(),
+        "no credentials for an unlisted origin"
+    );
     // Without configuration nothing is granted.
     let plain = spawn(kind).await;
     let response = plain
@@ -184,6 +231,12 @@ async fn when_redis_is_unreachable_posts_and_readyz_answer_503_with_retry_after(
     let ready = env.client.get(env.url("/readyz")).send().await.unwrap();
     assert_problem(ready, 503, "readyz while Redis is down").await;
     assert_eq!(env.client.get(env.url("/healthz")).send().await.unwrap().status(), 200, "liveness is unaffected");
+    // The failed calls are counted by op. (`storyline_broker_up` is one gauge per process, and other tests' brokers
+    // are up meanwhile, so its value is not checked here.)
+    for op in ["append", "ping"] {
+        let errors = env.metric(&format!("storyline_broker_errors_total{{op=\"{op}\"}}")).await;
+        assert!(errors >= 1.0, "{op} errors counted: {errors}");
+    }
 }
 
 /// Redis only: an outage neither ends open streams nor turns away new ones, and nothing acknowledged is lost.
@@ -237,4 +290,65 @@ async fn a_redis_error_reply_is_a_500_without_retry_after_and_the_cause_is_not_l
     let problem = assert_problem(response, 500, "wrong-type key").await;
     assert!(!problem["detail"].as_str().unwrap().contains("WRONGTYPE"), "the cause stays in the logs: {problem}");
     assert_eq!(env.client.get(env.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+/// Streams are counted open and active by tier, closed by tier and reason with their duration, and failed opens
+/// by reason. The registry is process-wide and tests run in parallel, so the checks are on increases.
+async fn streams_are_counted_by_tier_and_closes_and_failed_opens_by_reason(kind: Kind) {
+    // A reader's going is noticed at the next write: heartbeats every 200 ms.
+    let config = storyline_server::ServerConfig { heartbeat: Duration::from_millis(200), ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    const ACTIVE: &str = "storyline_connections_active{tier=\"agent\"}";
+    const OPENED: &str = "storyline_connections_opened_total{tier=\"agent\"}";
+    const CLOSED: &str = "storyline_connections_closed_total{tier=\"agent\",reason=\"client\"}";
+    const DURATIONS: &str = "storyline_connection_duration_seconds_count{tier=\"agent\"}";
+    const AUTH: &str = "storyline_stream_open_failures_total{reason=\"auth\"}";
+    const BAD: &str = "storyline_stream_open_failures_total{reason=\"bad_request\"}";
+    let (opened, closed, durations) = (app.metric(OPENED).await, app.metric(CLOSED).await, app.metric(DURATIONS).await);
+    let (auth, bad) = (app.metric(AUTH).await, app.metric(BAD).await);
+
+    let agent = app.token_with("bot", "read:*", Some(storyline_server::auth::Tier::Agent), Duration::from_secs(600));
+    let request = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(&agent);
+    let mut stream = app.open_stream_request(request).await;
+    assert_eq!(stream.status, 200);
+    stream.next_frame(FRAME).await;
+    assert!(app.metric(OPENED).await >= opened + 1.0);
+    assert!(app.metric(ACTIVE).await >= 1.0, "active while open");
+    drop(stream);
+    poll_until("the reader's close is counted with its duration", FRAME, || async {
+        (app.metric(CLOSED).await >= closed + 1.0 && app.metric(DURATIONS).await >= durations + 1.0).then_some(())
+    })
+    .await;
+
+    let no_token = app.client.get(app.url("/v1/stories/s/stream")).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let bad_resume =
+        app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(&agent).header("last-event-id", "nope").send();
+    assert_eq!(bad_resume.await.unwrap().status(), 400);
+    assert!(app.metric(AUTH).await >= auth + 1.0, "auth failure counted");
+    assert!(app.metric(BAD).await >= bad + 1.0, "bad resume id counted");
+}
+
+/// Published events are counted by namespace, event type and tier; clients cannot grow the label set past the
+/// configured caps (the rest is `other`), and story ids never become labels.
+async fn published_events_are_labelled_by_capped_namespace_and_event_type(kind: Kind) {
+    let config =
+        storyline_server::ServerConfig { metrics_max_namespaces: 2, metrics_max_event_types: 1, ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    for story in ["capns1:a", "capns2:b", "capns3:c", "capns3:d"] {
+        app.publish(story, "captype.one", json!(1)).await;
+    }
+    app.publish("capns1:a", "captype.two", json!(2)).await;
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let published: Vec<&str> = text.lines().filter(|l| l.starts_with("storyline_events_published_total{")).collect();
+    let has = |namespace: &str, event_type: &str| {
+        published.iter().any(|l| {
+            l.contains(&format!("namespace=\"{namespace}\"")) && l.contains(&format!("event_type=\"{event_type}\""))
+        })
+    };
+    assert!(has("capns1", "captype.one") && has("capns2", "captype.one"), "{published:#?}");
+    assert!(has("other", "captype.one"), "the third namespace is other: {published:#?}");
+    assert!(has("capns1", "other"), "the second event type is other: {published:#?}");
+    assert!(!text.contains("capns3") && !text.contains("captype.two"), "nothing past the caps is a label");
+    assert!(!text.contains("capns1:a"), "no story ids");
 }

@@ -1,0 +1,295 @@
+//! Rate and concurrency limits, checked before any broker work.
+//!
+//! - Publishes per principal (`sub`), with a rate per tier, and per story (one hot story cannot take the broker for
+//!   itself, whoever writes to it).
+//! - New streams per client IP (reconnect storms, scrapers), and streams open at once per principal.
+//!
+//! Rates use governor's GCRA (keyed, lock-free), with a burst of one second's worth. Keyed state is pruned of idle
+//! keys every [`HOUSEKEEPING_PERIOD`], so memory follows the active keys, not every key ever seen.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
+use storyline_core::StoryId;
+
+use crate::{
+    auth::{Principal, Tier},
+    error::ApiError,
+};
+
+/// How often idle keys are dropped from the rate limiters.
+pub(crate) const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(60);
+
+/// Events per second, per tier; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierRates {
+    pub guest: u32,
+    pub member: u32,
+    pub agent: u32,
+    pub admin: u32,
+}
+
+impl TierRates {
+    fn of(&self, tier: Tier) -> u32 {
+        match tier {
+            Tier::Guest => self.guest,
+            Tier::Member => self.member,
+            Tier::Agent => self.agent,
+            Tier::Admin => self.admin,
+        }
+    }
+}
+
+/// The limits; each 0 means "no limit".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Events a principal may publish per second, by its tier.
+    pub publish_per_sub: TierRates,
+    /// Events per second one story accepts, from all writers together.
+    pub publish_per_story: u32,
+    /// New streams per second from one client IP.
+    pub stream_opens_per_ip: u32,
+    /// Streams one principal may hold open at once (anonymous guests: per client IP).
+    pub streams_per_principal: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            publish_per_sub: TierRates { guest: 1, member: 10, agent: 100, admin: 1_000 },
+            publish_per_story: 500,
+            stream_opens_per_ip: 50,
+            streams_per_principal: 64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// No limit at all (tests and benchmarks that measure the service, not its limits).
+    pub fn unlimited() -> Self {
+        Self {
+            publish_per_sub: TierRates { guest: 0, member: 0, agent: 0, admin: 0 },
+            publish_per_story: 0,
+            stream_opens_per_ip: 0,
+            streams_per_principal: 0,
+        }
+    }
+}
+
+/// Which limit refused a request (the `reason` of the rejection metric and audit event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    PublishPerSub,
+    PublishPerStory,
+    StreamOpensPerIp,
+    StreamsPerPrincipal,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PublishPerSub => "publish_rate_per_sub",
+            Self::PublishPerStory => "publish_rate_per_story",
+            Self::StreamOpensPerIp => "stream_opens_per_ip",
+            Self::StreamsPerPrincipal => "streams_per_principal",
+        }
+    }
+}
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+    NonZeroU32::new(per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)))
+}
+
+/// The live limiters of one instance.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    config: LimitsConfig,
+    /// One limiter per tier (guest, member, agent, admin), keyed by `sub`.
+    per_sub: [Option<DefaultKeyedRateLimiter<String>>; 4],
+    per_story: Option<DefaultKeyedRateLimiter<StoryId>>,
+    opens_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Streams open per principal; an entry exists only while its count is above zero.
+    open_by_principal: Mutex<HashMap<Arc<str>, u32>>,
+}
+
+/// Rejected: which limit, and when to retry.
+fn rejected(limit: Limit, quota: u32, wait: Duration) -> ApiError {
+    let retry_after_secs = u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+    ApiError::RateLimited { limit, quota, retry_after_secs }
+}
+
+impl Limits {
+    pub(crate) fn new(config: LimitsConfig) -> Self {
+        let rates = config.publish_per_sub;
+        Self {
+            per_sub: [rates.guest, rates.member, rates.agent, rates.admin].map(limiter),
+            per_story: limiter(config.publish_per_story),
+            opens_per_ip: limiter(config.stream_opens_per_ip),
+            open_by_principal: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    /// May `principal` publish to `story` now?
+    pub(crate) fn check_publish(&self, principal: &Principal, story: &StoryId) -> Result<(), ApiError> {
+        let tier = principal.tier;
+        let index = match tier {
+            Tier::Guest => 0,
+            Tier::Member => 1,
+            Tier::Agent => 2,
+            Tier::Admin => 3,
+        };
+        if let Some(limiter) = &self.per_sub[index] {
+            limiter.check_key(&principal.sub).map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                rejected(Limit::PublishPerSub, self.config.publish_per_sub.of(tier), wait)
+            })?;
+        }
+        if let Some(limiter) = &self.per_story {
+            limiter.check_key(story).map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                rejected(Limit::PublishPerStory, self.config.publish_per_story, wait)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// May `ip` open a new stream now?
+    pub(crate) fn check_stream_open(&self, ip: IpAddr) -> Result<(), ApiError> {
+        match &self.opens_per_ip {
+            Some(limiter) => limiter.check_key(&ip).map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                rejected(Limit::StreamOpensPerIp, self.config.stream_opens_per_ip, wait)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one of the principal's concurrent stream places; give it back with [`Limits::release_stream`].
+    /// `None` when there is no such limit.
+    pub(crate) fn acquire_stream(&self, principal: &Principal, ip: IpAddr) -> Result<Option<Arc<str>>, ApiError> {
+        let max = self.config.streams_per_principal;
+        if max == 0 {
+            return Ok(None);
+        }
+        let key: Arc<str> =
+            if principal.anonymous { format!("ip:{ip}").into() } else { format!("sub:{}", principal.sub).into() };
+        let mut open =
+            self.open_by_principal.lock().map_err(|_| ApiError::Internal("stream counts poisoned".into()))?;
+        let count = open.entry(Arc::clone(&key)).or_insert(0);
+        if *count >= max {
+            // Streams end when their clients go or their tokens expire; a second is a fair first wait.
+            return Err(rejected(Limit::StreamsPerPrincipal, max, Duration::ZERO));
+        }
+        *count += 1;
+        Ok(Some(key))
+    }
+
+    pub(crate) fn release_stream(&self, key: &Arc<str>) {
+        if let Ok(mut open) = self.open_by_principal.lock()
+            && let Some(count) = open.get_mut(key)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(key);
+            }
+        }
+    }
+
+    /// Drops keys that have been idle long enough to be back at a full burst.
+    pub(crate) fn housekeeping(&self) {
+        fn prune<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>) {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        self.per_sub.iter().flatten().for_each(prune);
+        self.per_story.iter().for_each(prune);
+        self.opens_per_ip.iter().for_each(prune);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scopes;
+
+    fn principal(sub: &str, tier: Tier) -> Principal {
+        Principal { sub: sub.into(), tier, scopes: Scopes::parse("write:*"), expires_at: u64::MAX, anonymous: false }
+    }
+
+    fn story(s: &str) -> StoryId {
+        StoryId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn status(result: Result<(), ApiError>) -> u16 {
+        result.err().map_or(200, |e| actix_web::ResponseError::status_code(&e).as_u16())
+    }
+
+    #[test]
+    fn publish_rates_are_per_sub_and_per_tier() {
+        let limits = Limits::new(LimitsConfig {
+            publish_per_sub: TierRates { guest: 1, member: 2, agent: 5, admin: 0 },
+            ..LimitsConfig::unlimited()
+        });
+        let ann = principal("ann", Tier::Member);
+        let bob = principal("bob", Tier::Member);
+        let bot = principal("bot", Tier::Agent);
+        let s = story("s");
+        let anns: Vec<u16> = (0..3).map(|_| status(limits.check_publish(&ann, &s))).collect();
+        assert_eq!(anns, [200, 200, 429], "member: a burst of 2");
+        assert_eq!(status(limits.check_publish(&bob, &s)), 200, "another sub has its own budget");
+        let bots: Vec<u16> = (0..6).map(|_| status(limits.check_publish(&bot, &s))).collect();
+        assert_eq!(bots, [200, 200, 200, 200, 200, 429], "agent: a burst of 5");
+        let admin = principal("root", Tier::Admin);
+        assert!((0..100).all(|_| limits.check_publish(&admin, &s).is_ok()), "0 means unlimited");
+    }
+
+    #[test]
+    fn a_hot_story_is_limited_whoever_writes() {
+        let limits = Limits::new(LimitsConfig { publish_per_story: 3, ..LimitsConfig::unlimited() });
+        let results: Vec<u16> = (0..4)
+            .map(|i| status(limits.check_publish(&principal(&format!("w{i}"), Tier::Agent), &story("hot"))))
+            .collect();
+        assert_eq!(results, [200, 200, 200, 429]);
+        assert_eq!(status(limits.check_publish(&principal("w9", Tier::Agent), &story("cold"))), 200);
+    }
+
+    #[test]
+    fn rejections_say_when_to_retry() {
+        let limits = Limits::new(LimitsConfig { stream_opens_per_ip: 1, ..LimitsConfig::unlimited() });
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        assert!(limits.check_stream_open(ip).is_ok());
+        match limits.check_stream_open(ip) {
+            Err(ApiError::RateLimited { limit: Limit::StreamOpensPerIp, quota: 1, retry_after_secs }) => {
+                assert!((1..=2).contains(&retry_after_secs), "{retry_after_secs}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(limits.check_stream_open([10, 0, 0, 2].into()).is_ok(), "per IP");
+    }
+
+    #[test]
+    fn concurrent_streams_are_counted_per_principal_and_given_back() {
+        let limits = Limits::new(LimitsConfig { streams_per_principal: 2, ..LimitsConfig::unlimited() });
+        let ann = principal("ann", Tier::Member);
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let first = limits.acquire_stream(&ann, ip).ok().flatten();
+        let second = limits.acquire_stream(&ann, ip).ok().flatten();
+        assert!(first.is_some() && second.is_some());
+        assert!(limits.acquire_stream(&ann, ip).is_err(), "third refused");
+        assert!(limits.acquire_stream(&principal("bob", Tier::Member), ip).is_ok(), "per principal");
+        if let Some(key) = &first {
+            limits.release_stream(key);
+        }
+        assert!(limits.acquire_stream(&ann, ip).is_ok(), "a released place is free again");
+    }
+}

@@ -1,0 +1,582 @@
+//! `storyline probe`: a synthetic client that checks the service the way a reader and a writer use it.
+//!
+//! One run: open a stream on the probe story (200 + `text/event-stream`), POST an event carrying a unique nonce
+//! and measure from just before the POST to the moment its frame arrives on the stream (the round trip); then
+//! drop the stream, POST a second event, reopen with `Last-Event-ID` = the first event's id and require the
+//! second event to come back with nothing lost (no `gap`, nothing replayed that was already seen). Every step
+//! is bounded by `--timeout-secs`. A failure has one reason from a small fixed set ([`Reason`]) and a one-line
+//! message.
+//!
+//! `--once` runs once, prints one line and exits 0 or 1 (for cron and CI). Otherwise it runs every
+//! `--interval-secs` and serves its own `/metrics` (a Prometheus recorder private to this process: the probe is
+//! never the service, so installing the global recorder here is ours to do).
+//!
+//! This module must never panic on what the network sends: every answer is checked and turned into a failure.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, stream::BoxStream};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use storyline_core::StoryId;
+
+pub(crate) const SUCCESS: &str = "storyline_probe_success";
+pub(crate) const ROUND_TRIP: &str = "storyline_probe_round_trip_seconds";
+pub(crate) const FAILURES: &str = "storyline_probe_failures_total";
+
+/// Round-trip buckets, seconds: the SLO is 200 ms, so the buckets are dense around it; the top bucket sits at
+/// the default timeout (a slower round trip is a `timeout` failure, not a sample).
+const ROUND_TRIP_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The event type the probe publishes.
+const PROBE_EVENT_TYPE: &str = "probe";
+
+/// Largest frame the probe buffers: a server that sends more without a blank line is broken (or hostile).
+const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The environment variable `--token` falls back to. `serve` ignores it (it is listed among the `STORYLINE_*`
+/// variables that are not settings), so one environment can hold both.
+pub(crate) const TOKEN_ENV: &str = "STORYLINE_PROBE_TOKEN";
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProbeArgs {
+    /// Base URL of storyline, e.g. http://127.0.0.1:8080 (plain HTTP: this build has no TLS client).
+    #[arg(long)]
+    url: String,
+    /// JWT with read and write scope on the probe story, e.g. from
+    /// `storyline token --sub probe --scope 'read:probe:* write:probe:*'`.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    token: String,
+    /// The story the probe reads and writes (give each probe instance its own).
+    #[arg(long, default_value = "probe:synthetic")]
+    story: StoryId,
+    /// Time between runs (repeating mode).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    interval_secs: u64,
+    /// Upper bound on each step of a run (opening a stream, a POST, an event arriving).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    timeout_secs: u64,
+    /// Run once, print one line, exit 0 on success and 1 on failure (no metrics server).
+    #[arg(long)]
+    once: bool,
+    /// Address of the probe's own /metrics (repeating mode); port 0 picks a free port (the bound address is
+    /// logged).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    listen: SocketAddr,
+}
+
+/// Why a run failed. A small fixed set: these are label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The service could not be reached, or refused to open a stream for a reason other than auth.
+    Connect,
+    /// The token was refused (401/403, or the stream ended with `token-expired`).
+    Auth,
+    /// The POST was refused (any status but 201 other than 401/403).
+    Publish,
+    /// A step did not finish within the timeout (the event never arrived, or an answer never came).
+    Timeout,
+    /// The resumed stream lost or replayed events, or reported a `gap`.
+    Resume,
+    /// An answer the contract does not allow (wrong content type, malformed frame or body, id mismatch).
+    Protocol,
+}
+
+impl Reason {
+    const ALL: [Reason; 6] =
+        [Reason::Connect, Reason::Auth, Reason::Publish, Reason::Timeout, Reason::Resume, Reason::Protocol];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::Connect => "connect",
+            Reason::Auth => "auth",
+            Reason::Publish => "publish",
+            Reason::Timeout => "timeout",
+            Reason::Resume => "resume",
+            Reason::Protocol => "protocol",
+        }
+    }
+}
+
+/// A failed run: the reason and a one-line message for a human.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", reason.as_str())]
+pub(crate) struct Failure {
+    reason: Reason,
+    message: String,
+}
+
+fn fail(reason: Reason, message: impl Into<String>) -> Failure {
+    Failure { reason, message: message.into() }
+}
+
+/// What a successful run measured.
+#[derive(Debug, Clone, Copy)]
+struct Success {
+    round_trip: Duration,
+}
+
+/// Everything one run needs, resolved from the flags.
+#[derive(Debug, Clone)]
+struct Target {
+    client: reqwest::Client,
+    stream_url: String,
+    events_url: String,
+    token: String,
+    timeout: Duration,
+}
+
+impl Target {
+    fn new(args: &ProbeArgs) -> anyhow::Result<Self> {
+        let base = args.url.trim().trim_end_matches('/');
+        if base.starts_with("https://") {
+            anyhow::bail!("--url {base}: this build of storyline has no TLS client; probe the plain-HTTP listener")
+        }
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            anyhow::bail!("--url {base:?} must be an http:// URL, e.g. http://127.0.0.1:8080");
+        }
+        let token = args.token.trim().to_owned();
+        if token.is_empty() {
+            anyhow::bail!("--token (or {TOKEN_ENV}) is empty");
+        }
+        let timeout = Duration::from_secs(args.timeout_secs);
+        let client = reqwest::Client::builder().connect_timeout(timeout).build().context("HTTP client")?;
+        Ok(Self {
+            client,
+            stream_url: format!("{base}/v1/stories/{}/stream", args.story),
+            events_url: format!("{base}/v1/stories/{}/events", args.story),
+            token,
+            timeout,
+        })
+    }
+}
+
+pub(crate) fn main(args: ProbeArgs) -> ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("storyline probe: {e:#}");
+            ExitCode::from(crate::EXIT_CONFIG)
+        }
+    }
+}
+
+async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::new(&args)?;
+    if args.once {
+        return Ok(match probe(&target).await {
+            Ok(ok) => {
+                crate::write_stdout(&format!(
+                    "storyline probe: ok story={} round_trip_ms={:.1} resume=ok\n",
+                    args.story,
+                    ok.round_trip.as_secs_f64() * 1000.0
+                ))?;
+                ExitCode::SUCCESS
+            }
+            Err(failure) => {
+                eprintln!("storyline probe: FAILED story={} reason={}", args.story, failure);
+                ExitCode::FAILURE
+            }
+        });
+    }
+    repeat(args, target).await.map(|()| ExitCode::SUCCESS)
+}
+
+/// Repeating mode: a run every interval, results as metrics on our own `/metrics`, until SIGTERM/SIGINT.
+async fn repeat(args: ProbeArgs, target: Target) -> anyhow::Result<()> {
+    crate::init_logging(crate::settings::LogFormat::Text);
+    let handle = install_recorder()?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("could not listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new().app_data(web::Data::new(handle.clone())).route("/metrics", web::get().to(render_metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    let server_handle = server.handle();
+    let server = tokio::spawn(server);
+    tracing::info!(address = %bound, "listening");
+    tracing::info!(story = %args.story, interval_secs = args.interval_secs, "probing {}", target.stream_url);
+
+    let mut ticks = tokio::time::interval(Duration::from_secs(args.interval_secs));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let signal = crate::wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            _ = &mut signal => break,
+            outcome = probe(&target) => record(&outcome),
+        }
+    }
+    tracing::info!("stopping");
+    server_handle.stop(true).await;
+    server.await.context("metrics server task")?.context("metrics server")?;
+    Ok(())
+}
+
+async fn render_metrics(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(handle.render())
+}
+
+fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(ROUND_TRIP.to_owned()), ROUND_TRIP_BUCKETS)
+        .context("round-trip buckets")?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("a metrics recorder is already installed")?;
+    describe_gauge!(SUCCESS, Unit::Count, "1 if the latest probe run succeeded (publish, delivery, resume), else 0.");
+    describe_histogram!(
+        ROUND_TRIP,
+        Unit::Seconds,
+        "Probe round trip: from just before the POST to the event's frame arriving on the open stream."
+    );
+    describe_counter!(
+        FAILURES,
+        Unit::Count,
+        "Failed probe runs, by reason (connect, auth, publish, timeout, resume, protocol)."
+    );
+    // Every reason reads 0 before the first failure, so rate() and increase() work from the start.
+    for reason in Reason::ALL {
+        metrics::counter!(FAILURES, "reason" => reason.as_str()).absolute(0);
+    }
+    Ok(handle)
+}
+
+fn record(outcome: &Result<Success, Failure>) {
+    match outcome {
+        Ok(ok) => {
+            metrics::histogram!(ROUND_TRIP).record(ok.round_trip.as_secs_f64());
+            metrics::gauge!(SUCCESS).set(1.0);
+            tracing::info!(round_trip_ms = ok.round_trip.as_secs_f64() * 1000.0, "probe ok");
+        }
+        Err(failure) => {
+            metrics::counter!(FAILURES, "reason" => failure.reason.as_str()).increment(1);
+            metrics::gauge!(SUCCESS).set(0.0);
+            tracing::warn!(reason = failure.reason.as_str(), "probe failed: {}", failure.message);
+        }
+    }
+}
+
+/// One run: round trip on a live stream, then resume after it.
+async fn probe(target: &Target) -> Result<Success, Failure> {
+    // 1. A live stream, opened before the POST so the event is one it must deliver.
+    let mut stream = SseStream::open(target, None).await?;
+
+    // 2. Publish and wait for the frame, concurrently: the frame may arrive before the POST's answer.
+    let first_nonce = nonce()?;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + target.timeout;
+    let post = publish(target, &first_nonce);
+    tokio::pin!(post);
+    let mut posted: Option<String> = None;
+    let mut arrived: Option<(String, Instant)> = None;
+    while posted.is_none() || arrived.is_none() {
+        tokio::select! {
+            result = &mut post, if posted.is_none() => posted = Some(result?),
+            frame = stream.next_event(), if arrived.is_none() => {
+                let frame = frame?;
+                if nonce_of(&frame).as_deref() == Some(first_nonce.as_str()) {
+                    let id = frame.id.clone().ok_or_else(|| fail(Reason::Protocol, "the probe event's frame has no id"))?;
+                    arrived = Some((id, Instant::now()));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let what = if posted.is_none() { "the POST got no answer" } else { "the event did not arrive on the stream" };
+                return Err(fail(Reason::Timeout, format!("{what} within {:?}", target.timeout)));
+            }
+        }
+    }
+    let (first_id, (frame_id, at)) = match (posted, arrived) {
+        (Some(posted), Some(arrived)) => (posted, arrived),
+        _ => return Err(fail(Reason::Protocol, "probe state machine ended early")),
+    };
+    if frame_id != first_id {
+        return Err(fail(
+            Reason::Protocol,
+            format!("the POST answered id {first_id} but the frame carried {frame_id}"),
+        ));
+    }
+    let round_trip = at.saturating_duration_since(started);
+
+    // 3. Resume: the stream is gone while the second event is appended; reopening after the first event must
+    //    deliver the second, with no gap and nothing already seen.
+    drop(stream);
+    let second_nonce = nonce()?;
+    let second_id = bounded(target.timeout, "the second POST got no answer", publish(target, &second_nonce)).await?;
+    let mut resumed = SseStream::open(target, Some(&first_id)).await?;
+    let check = async {
+        loop {
+            let frame = resumed.next_event().await?;
+            if frame.event.as_deref() == Some("gap") {
+                return Err(fail(
+                    Reason::Resume,
+                    format!(
+                        "resuming after {first_id} got a gap frame ({}): retention trimmed the probe story",
+                        frame.data.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            let id = frame.id.as_deref().unwrap_or("");
+            if id == second_id {
+                if nonce_of(&frame).as_deref() != Some(second_nonce.as_str()) {
+                    return Err(fail(Reason::Protocol, format!("event {id} does not carry the probe's nonce")));
+                }
+                return Ok(());
+            }
+            // Another writer on the probe story may append between our two events; those are fine. Anything at
+            // or before the resume point (a replay) or after the second event (a loss) is not an exact resume.
+            match (compare_ids(id, &first_id), compare_ids(id, &second_id)) {
+                (Some(std::cmp::Ordering::Greater), Some(std::cmp::Ordering::Less)) => continue,
+                (Some(std::cmp::Ordering::Greater), Some(_)) => {
+                    return Err(fail(
+                        Reason::Resume,
+                        format!("resuming after {first_id} skipped {second_id} (got {id})"),
+                    ));
+                }
+                (Some(_), _) => {
+                    return Err(fail(Reason::Resume, format!("resuming after {first_id} replayed {id}")));
+                }
+                (None, _) => return Err(fail(Reason::Protocol, format!("event frame with a malformed id {id:?}"))),
+            }
+        }
+    };
+    match tokio::time::timeout(target.timeout, check).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(fail(
+                Reason::Resume,
+                format!("resuming after {first_id} did not deliver {second_id} within {:?}", target.timeout),
+            ));
+        }
+    }
+    Ok(Success { round_trip })
+}
+
+/// Orders two `<ms>-<seq>` ids; `None` if either is malformed.
+fn compare_ids(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let parse = |s: &str| -> Option<(u64, u64)> {
+        let (ms, seq) = s.split_once('-')?;
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    };
+    Some(parse(a)?.cmp(&parse(b)?))
+}
+
+async fn bounded<T>(limit: Duration, what: &str, step: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or_else(|_| Err(fail(Reason::Timeout, format!("{what} within {limit:?}"))))
+}
+
+/// A unique nonce per event: 16 random bytes, hex.
+fn nonce() -> Result<String, Failure> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| fail(Reason::Protocol, format!("no OS randomness for a nonce: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// POSTs one probe event; returns the id the service assigned.
+async fn publish(target: &Target, nonce: &str) -> Result<String, Failure> {
+    let sent_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let body = serde_json::json!({
+        "type": PROBE_EVENT_TYPE,
+        "data": { "nonce": nonce, "sent_at_ms": sent_at_ms },
+    });
+    let response = target
+        .client
+        .post(&target.events_url)
+        .bearer_auth(&target.token)
+        .header("idempotency-key", format!("probe-{nonce}"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| transport_failure("POST", e))?;
+    let status = response.status();
+    match status.as_u16() {
+        201 => {}
+        401 | 403 => {
+            return Err(fail(Reason::Auth, format!("POST answered {}{}", status.as_u16(), problem(response).await)));
+        }
+        200 => {
+            return Err(fail(Reason::Protocol, "POST answered 200 (an idempotent replay) for a fresh Idempotency-Key"));
+        }
+        _ => {
+            return Err(fail(Reason::Publish, format!("POST answered {}{}", status.as_u16(), problem(response).await)));
+        }
+    }
+    let answer: serde_json::Value =
+        response.json().await.map_err(|e| fail(Reason::Protocol, format!("POST answer is not JSON: {e}")))?;
+    answer["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| fail(Reason::Protocol, format!("POST answer has no id: {answer}")))
+}
+
+/// `: <title>: <detail>` from a problem+json body, or nothing (also when the body does not come within a second:
+/// it only decorates a failure that is already known).
+async fn problem(response: reqwest::Response) -> String {
+    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(1), response.json::<serde_json::Value>()).await else {
+        return String::new();
+    };
+    let title = body["title"].as_str().unwrap_or("");
+    match body["detail"].as_str() {
+        Some(detail) if !detail.is_empty() => format!(": {title}: {detail}"),
+        _ if !title.is_empty() => format!(": {title}"),
+        _ => String::new(),
+    }
+}
+
+fn transport_failure(what: &str, e: reqwest::Error) -> Failure {
+    // Without the URL: it may carry a token in its query (it does not here, but the habit is cheap).
+    let e = e.without_url();
+    if e.is_timeout() {
+        fail(Reason::Timeout, format!("{what} timed out: {}", error_chain(&e)))
+    } else if e.is_connect() {
+        fail(Reason::Connect, format!("{what}: could not connect: {}", error_chain(&e)))
+    } else {
+        fail(Reason::Connect, format!("{what} failed: {}", error_chain(&e)))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// One SSE frame (decoded by the hub's client-side decoder, the one the test kit uses too).
+type Frame = storyline_hub::SseFrame;
+
+/// The nonce inside the envelope's `data`, if `frame` is a probe event.
+fn nonce_of(frame: &Frame) -> Option<String> {
+    let envelope: serde_json::Value = serde_json::from_str(frame.data.as_deref()?).ok()?;
+    envelope["data"]["nonce"].as_str().map(str::to_owned)
+}
+
+/// An open stream read frame by frame. Reading is cancel-safe: a chunk is moved into the buffer as soon as it
+/// arrives, so a `select!` that drops [`SseStream::next_event`] loses nothing.
+struct SseStream {
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    buffer: BytesMut,
+}
+
+impl SseStream {
+    /// Opens the stream (resuming after `last_event_id` if given) and checks the answer's head.
+    async fn open(target: &Target, last_event_id: Option<&str>) -> Result<Self, Failure> {
+        let mut request = target.client.get(&target.stream_url).bearer_auth(&target.token);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = bounded(target.timeout, "the stream open got no answer", async {
+            request.send().await.map_err(|e| transport_failure("GET stream", e))
+        })
+        .await?;
+        let status = response.status();
+        match status.as_u16() {
+            200 => {}
+            401 | 403 => {
+                return Err(fail(
+                    Reason::Auth,
+                    format!("GET stream answered {}{}", status.as_u16(), problem(response).await),
+                ));
+            }
+            _ => {
+                return Err(fail(
+                    Reason::Connect,
+                    format!("GET stream answered {}{}", status.as_u16(), problem(response).await),
+                ));
+            }
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(fail(Reason::Protocol, format!("GET stream answered content type {content_type:?}")));
+        }
+        Ok(Self { body: response.bytes_stream().boxed(), buffer: BytesMut::new() })
+    }
+
+    /// The next frame that carries data (skipping `retry:` and heartbeat comments). Unbounded: callers bound it.
+    async fn next_event(&mut self) -> Result<Frame, Failure> {
+        loop {
+            while let Some(frame) = self.take_frame() {
+                if frame.event.as_deref() == Some(storyline_core::TOKEN_EXPIRED_EVENT) {
+                    return Err(fail(Reason::Auth, "the stream ended with token-expired: mint a longer-lived token"));
+                }
+                if frame.data.is_some() {
+                    return Ok(frame);
+                }
+            }
+            if self.buffer.len() > MAX_FRAME_BYTES {
+                return Err(fail(Reason::Protocol, format!("no frame end within {MAX_FRAME_BYTES} bytes")));
+            }
+            match self.body.next().await {
+                None => return Err(fail(Reason::Protocol, "the server ended the stream")),
+                Some(Err(e)) => return Err(transport_failure("reading the stream", e)),
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+            }
+        }
+    }
+
+    fn take_frame(&mut self) -> Option<Frame> {
+        storyline_hub::take_frame(&mut self.buffer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nonce_is_read_from_the_envelope_data() {
+        let frame = Frame { data: Some(r#"{"id":"1-0","data":{"nonce":"abc"}}"#.into()), ..Frame::default() };
+        assert_eq!(nonce_of(&frame).as_deref(), Some("abc"));
+        let other = Frame { data: Some(r#"{"id":"1-0","data":{"text":"x"}}"#.into()), ..Frame::default() };
+        assert_eq!(nonce_of(&other), None);
+        let garbage = Frame { data: Some("not json".into()), ..Frame::default() };
+        assert_eq!(nonce_of(&garbage), None);
+    }
+
+    #[test]
+    fn ids_compare_numerically_not_as_text() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_ids("9-0", "10-0"), Some(Less));
+        assert_eq!(compare_ids("10-2", "10-10"), Some(Less));
+        assert_eq!(compare_ids("10-10", "10-10"), Some(Equal));
+        assert_eq!(compare_ids("x", "10-10"), None);
+    }
+
+    #[test]
+    fn reasons_are_a_small_fixed_set_of_label_values() {
+        let names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["connect", "auth", "publish", "timeout", "resume", "protocol"]);
+    }
+}
