@@ -7,12 +7,11 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures::StreamExt;
-use storyline_core::{Broker, BrokerError, EventId, Gap, StoryId, TailItem};
+use storyline_core::{Broker, BrokerError, EventId, Gap, StoredEvent, StoryId, TailItem};
 use tokio::{sync::Notify, task::AbortHandle};
 
-use crate::{HubConfig, Inner, frame};
+use crate::{Delivery, EventFrame, HubConfig, Inner, Observer, ResumeOutcome, frame};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -20,7 +19,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// What a window holds: an encoded event frame, or a note that the upstream itself lost events to retention.
 #[derive(Debug, Clone)]
 enum Entry {
-    Frame { id: EventId, bytes: Bytes },
+    Frame(Arc<EventFrame>),
     Gap(Gap),
 }
 
@@ -28,7 +27,7 @@ impl Entry {
     /// Position in the story: a frame at its id; a gap at the id it resumes from (and before that frame).
     fn position(&self) -> EventId {
         match self {
-            Self::Frame { id, .. } => *id,
+            Self::Frame(frame) => frame.id,
             Self::Gap(gap) => gap.resumed_from,
         }
     }
@@ -48,7 +47,7 @@ struct Window {
 impl Entry {
     fn len(&self) -> usize {
         match self {
-            Self::Frame { bytes, .. } => bytes.len(),
+            Self::Frame(frame) => frame.bytes.len(),
             Self::Gap(_) => 0,
         }
     }
@@ -59,13 +58,20 @@ pub(crate) struct FeedShared {
     story: StoryId,
     broker: Arc<dyn Broker>,
     config: HubConfig,
+    observer: Arc<dyn Observer>,
     window: RwLock<Window>,
     changed: Notify,
 }
 
 impl FeedShared {
-    pub(crate) fn new(story: StoryId, broker: Arc<dyn Broker>, config: HubConfig) -> Self {
-        Self { story, broker, config, window: RwLock::default(), changed: Notify::new() }
+    pub(crate) fn new(story: StoryId, broker: Arc<dyn Broker>, config: HubConfig, observer: Arc<dyn Observer>) -> Self {
+        Self { story, broker, config, observer, window: RwLock::default(), changed: Notify::new() }
+    }
+
+    /// Encodes an event once, with the meters every delivery of it records.
+    fn encode(&self, event: StoredEvent) -> Arc<EventFrame> {
+        let meters = self.observer.event_meters(&self.story, &event.event_type);
+        Arc::new(EventFrame::new(event, meters))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Window> {
@@ -143,7 +149,8 @@ pub(crate) async fn upstream(shared: Arc<FeedShared>) {
                 Ok(TailItem::Event(event)) => {
                     backoff = BACKOFF_MIN;
                     cursor = event.id;
-                    shared.push(Entry::Frame { id: event.id, bytes: frame::encode_event(&event) });
+                    let frame = shared.encode(event);
+                    shared.push(Entry::Frame(frame));
                 }
                 Ok(TailItem::Gap(gap)) => shared.push(Entry::Gap(gap)),
                 Err(e) => {
@@ -168,7 +175,9 @@ pub struct Subscription {
 #[derive(Debug)]
 struct Reader {
     cursor: EventId,
-    pending: VecDeque<Bytes>,
+    pending: VecDeque<Delivery>,
+    /// The subscription resumes a reader's earlier position, and whether that was exact is not yet known.
+    resuming: bool,
 }
 
 enum Fill {
@@ -181,8 +190,8 @@ enum Fill {
 }
 
 impl Subscription {
-    pub(crate) fn new(feed: Arc<Feed>, after: EventId) -> Self {
-        Self { feed, reader: Reader { cursor: after, pending: VecDeque::new() } }
+    pub(crate) fn new(feed: Arc<Feed>, after: EventId, resuming: bool) -> Self {
+        Self { feed, reader: Reader { cursor: after, pending: VecDeque::new(), resuming } }
     }
 
     /// The id of the last event handed out (or the starting point).
@@ -190,11 +199,11 @@ impl Subscription {
         self.reader.cursor
     }
 
-    /// The next SSE frame: an event (shared bytes) or a gap notice.
+    /// The next SSE frame: an event (encoded once, shared) or a gap notice.
     ///
     /// Cancel-safe: dropping the future loses nothing (the cursor only moves once frames are queued, and queued
     /// frames are handed out synchronously).
-    pub async fn next(&mut self) -> Result<Bytes, BrokerError> {
+    pub async fn next(&mut self) -> Result<Delivery, BrokerError> {
         let feed = &*self.feed.shared;
         let reader = &mut self.reader;
         loop {
@@ -225,43 +234,69 @@ impl Reader {
             return Fill::CatchUp;
         }
         let start = window.entries.partition_point(|e| e.position() <= self.cursor);
-        if start == window.entries.len() {
+        let behind = window.entries.len() - start;
+        feed.observer.lag(behind);
+        if behind == 0 {
+            self.resumed(feed, ResumeOutcome::Exact);
             return Fill::Wait;
         }
         for entry in window.entries.range(start..).take(feed.config.batch.max(1)) {
             match entry {
-                Entry::Frame { id, bytes } => {
-                    self.pending.push_back(bytes.clone());
-                    self.cursor = *id;
+                Entry::Frame(frame) => {
+                    self.resumed(feed, ResumeOutcome::Exact);
+                    self.pending.push_back(Delivery::Event(Arc::clone(frame)));
+                    self.cursor = frame.id;
                 }
-                Entry::Gap(gap) => self
-                    .pending
-                    .push_back(frame::encode_gap(Gap { requested: self.cursor, resumed_from: gap.resumed_from })),
+                Entry::Gap(gap) => {
+                    self.resumed(feed, ResumeOutcome::Gap);
+                    self.pending.push_back(Delivery::Notice(frame::encode_gap(Gap {
+                        requested: self.cursor,
+                        resumed_from: gap.resumed_from,
+                    })));
+                }
             }
         }
         Fill::Filled
+    }
+
+    /// Reports how a resume turned out, once: the first time the reader's position meets the story.
+    fn resumed(&mut self, feed: &FeedShared, outcome: ResumeOutcome) {
+        if std::mem::take(&mut self.resuming) {
+            feed.observer.resumed(outcome);
+        }
     }
 
     /// Reads one page of the log after the cursor. Returns whether anything was queued.
     async fn catch_up(&mut self, feed: &FeedShared) -> Result<bool, BrokerError> {
         let page = feed.broker.read_after(&feed.story, self.cursor, feed.config.catch_up_page).await?;
         if let Some(gap) = page.gap {
-            self.pending.push_back(frame::encode_gap(gap));
+            self.resumed(feed, ResumeOutcome::Gap);
+            self.pending.push_back(Delivery::Notice(frame::encode_gap(gap)));
         }
         if page.events.is_empty() {
             // Nothing after the cursor in the log. If the window is already past the cursor, what it saw
             // between is gone from the log (a reset store): say so and join the window.
-            let window = feed.read();
-            if let Some(base) = window.base.filter(|b| *b > self.cursor) {
-                let resumed_from = window.entries.front().map_or(base, Entry::position);
-                self.pending.push_back(frame::encode_gap(Gap { requested: self.cursor, resumed_from }));
+            let gap = {
+                let window = feed.read();
+                window.base.filter(|b| *b > self.cursor).map(|base| {
+                    let resumed_from = window.entries.front().map_or(base, Entry::position);
+                    (Gap { requested: self.cursor, resumed_from }, base)
+                })
+            };
+            if let Some((gap, base)) = gap {
+                self.resumed(feed, ResumeOutcome::Gap);
+                self.pending.push_back(Delivery::Notice(frame::encode_gap(gap)));
                 self.cursor = base;
             }
             return Ok(!self.pending.is_empty());
         }
+        self.resumed(feed, ResumeOutcome::Exact);
+        // A lower bound of how far behind this reader is: this page, and the whole window after it.
+        feed.observer.lag(page.events.len() + feed.read().entries.len());
+        feed.observer.replayed(page.events.len());
         for event in page.events {
             self.cursor = event.id;
-            self.pending.push_back(frame::encode_event(&event));
+            self.pending.push_back(Delivery::Event(feed.encode(event)));
         }
         Ok(true)
     }

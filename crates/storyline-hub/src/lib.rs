@@ -20,6 +20,7 @@ mod frame;
 
 use std::{
     collections::HashMap,
+    fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
 };
 
@@ -27,7 +28,99 @@ pub use bytes::Bytes;
 pub use feed::Subscription;
 use feed::{Feed, FeedShared};
 pub use frame::{SseFrame, encode_event, encode_gap, take_frame};
-use storyline_core::{Broker, EventId, PageLimit, StoryId};
+use storyline_core::{Broker, EventId, EventType, Metadata, PageLimit, StoredEvent, StoryId};
+
+/// An event as the engine hands it to subscribers: its SSE frame, encoded once and shared by every subscriber
+/// of this instance, with what delivery needs to measure itself (its type, accept time and meters) and the trace
+/// context it was published under.
+#[derive(Debug)]
+pub struct EventFrame {
+    pub id: EventId,
+    /// The complete frame (`id:`, `event:`, `data:`).
+    pub bytes: Bytes,
+    pub event_type: EventType,
+    /// When ingress accepted it, milliseconds since the Unix epoch (the envelope's `ts`).
+    pub accepted_ms: u64,
+    /// What travelled with the event through the broker (W3C trace context).
+    pub meta: Metadata,
+    /// Looked up once per event, recorded per delivery.
+    pub meters: EventMeters,
+}
+
+impl EventFrame {
+    pub fn new(event: StoredEvent, meters: EventMeters) -> Self {
+        let bytes = encode_event(&event);
+        Self { id: event.id, bytes, event_type: event.event_type, accepted_ms: event.ts, meta: event.meta, meters }
+    }
+}
+
+/// The meters a delivery of one event records (handles into the `metrics` recorder, resolved once per event so
+/// that each of its thousands of deliveries is an atomic add, not a registry lookup).
+#[derive(Debug, Clone)]
+pub struct EventMeters {
+    pub delivered: metrics::Counter,
+    pub latency: metrics::Histogram,
+}
+
+impl EventMeters {
+    /// Meters that record nothing.
+    pub fn noop() -> Self {
+        Self { delivered: metrics::Counter::noop(), latency: metrics::Histogram::noop() }
+    }
+}
+
+/// What a subscriber receives next.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<EventFrame>),
+    /// A frame that is not an event (a `gap` notice), for this subscriber only.
+    Notice(Bytes),
+}
+
+impl Delivery {
+    /// The bytes to write.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Self::Event(frame) => &frame.bytes,
+            Self::Notice(bytes) => bytes,
+        }
+    }
+}
+
+/// How a resumed subscription met the story: exactly after the reader's last event, or past events that
+/// retention removed (the reader got a `gap` frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    Exact,
+    Gap,
+}
+
+/// What the engine reports as it runs, for metrics. Every method is called on a hot path: keep them cheap.
+pub trait Observer: Send + Sync + fmt::Debug {
+    /// The meters of an event of `event_type` in `story`; called once per event per instance (and once per
+    /// event read from the log for a subscriber catching up).
+    fn event_meters(&self, story: &StoryId, event_type: &EventType) -> EventMeters;
+    /// A subscription from [`Hub::resume`] met the story.
+    fn resumed(&self, outcome: ResumeOutcome);
+    /// Events read from the log for a subscriber behind the live window (an old resume point, a slow reader).
+    fn replayed(&self, events: usize);
+    /// A subscriber, as it read, had this many events of its story yet to receive (for one catching up from the
+    /// log: a lower bound).
+    fn lag(&self, events: usize);
+}
+
+/// Reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn event_meters(&self, _: &StoryId, _: &EventType) -> EventMeters {
+        EventMeters::noop()
+    }
+    fn resumed(&self, _: ResumeOutcome) {}
+    fn replayed(&self, _: usize) {}
+    fn lag(&self, _: usize) {}
+}
 
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +165,7 @@ pub struct Hub {
 struct Inner {
     broker: Arc<dyn Broker>,
     config: HubConfig,
+    observer: Arc<dyn Observer>,
     feeds: Mutex<HashMap<StoryId, Weak<Feed>>>,
     upstream_starts: std::sync::atomic::AtomicU64,
 }
@@ -82,10 +176,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     pub fn new(broker: Arc<dyn Broker>, config: HubConfig) -> Self {
+        Self::with_observer(broker, config, Arc::new(NoObserver))
+    }
+
+    /// An engine that reports deliveries, resumes, replays and lag to `observer`.
+    pub fn with_observer(broker: Arc<dyn Broker>, config: HubConfig, observer: Arc<dyn Observer>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 broker,
                 config,
+                observer,
                 feeds: Mutex::default(),
                 upstream_starts: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -95,13 +195,27 @@ impl Hub {
     /// Subscribes to `story` after `after` (must be called within a tokio runtime: the first subscriber of a
     /// story starts its upstream task).
     pub fn subscribe(&self, story: &StoryId, after: EventId) -> Subscription {
+        self.open(story, after, false)
+    }
+
+    /// Subscribes a reader that resumes after `last_seen`, the last event it received; the observer learns
+    /// whether the resume was exact or met a gap.
+    pub fn resume(&self, story: &StoryId, last_seen: EventId) -> Subscription {
+        self.open(story, last_seen, true)
+    }
+
+    fn open(&self, story: &StoryId, after: EventId, resuming: bool) -> Subscription {
         let feed = {
             let mut feeds = lock(&self.inner.feeds);
             match feeds.get(story).and_then(Weak::upgrade) {
                 Some(feed) => feed,
                 None => {
-                    let shared =
-                        Arc::new(FeedShared::new(story.clone(), Arc::clone(&self.inner.broker), self.inner.config));
+                    let shared = Arc::new(FeedShared::new(
+                        story.clone(),
+                        Arc::clone(&self.inner.broker),
+                        self.inner.config,
+                        Arc::clone(&self.inner.observer),
+                    ));
                     let upstream = tokio::spawn(feed::upstream(Arc::clone(&shared)));
                     self.inner.upstream_starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let feed = Arc::new(Feed::new(shared, upstream.abort_handle(), Arc::downgrade(&self.inner)));
@@ -110,7 +224,7 @@ impl Hub {
                 }
             }
         };
-        Subscription::new(feed, after)
+        Subscription::new(feed, after, resuming)
     }
 
     pub fn stats(&self) -> HubStats {

@@ -17,7 +17,7 @@ use storyline_core::{
     Appended, Broker, BrokerError, EventData, EventId, EventStream, EventType, IdempotencyKey, LogBounds, Metadata,
     NewEvent, Page, PageLimit, Retention, StoryId,
 };
-use storyline_hub::{Bytes, Hub, HubConfig, Subscription};
+use storyline_hub::{Bytes, EventMeters, Hub, HubConfig, Observer, ResumeOutcome, Subscription};
 use storyline_testkit::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -87,7 +87,40 @@ async fn append(broker: &dyn Broker, s: &StoryId, n: usize) -> EventId {
 }
 
 async fn next(sub: &mut Subscription) -> Bytes {
-    tokio::time::timeout(WAIT, sub.next()).await.expect("a frame in time").expect("no broker error")
+    tokio::time::timeout(WAIT, sub.next()).await.expect("a frame in time").expect("no broker error").bytes().clone()
+}
+
+/// What the engine reported.
+#[derive(Debug, Default)]
+struct Recorded {
+    exact: AtomicUsize,
+    gap: AtomicUsize,
+    replayed: AtomicUsize,
+    max_lag: AtomicUsize,
+}
+
+impl Observer for Recorded {
+    fn event_meters(&self, _: &StoryId, _: &EventType) -> EventMeters {
+        EventMeters::noop()
+    }
+    fn resumed(&self, outcome: ResumeOutcome) {
+        match outcome {
+            ResumeOutcome::Exact => self.exact.fetch_add(1, Ordering::SeqCst),
+            ResumeOutcome::Gap => self.gap.fetch_add(1, Ordering::SeqCst),
+        };
+    }
+    fn replayed(&self, events: usize) {
+        self.replayed.fetch_add(events, Ordering::SeqCst);
+    }
+    fn lag(&self, events: usize) {
+        self.max_lag.fetch_max(events, Ordering::SeqCst);
+    }
+}
+
+impl Recorded {
+    fn resumes(&self) -> (usize, usize) {
+        (self.exact.load(Ordering::SeqCst), self.gap.load(Ordering::SeqCst))
+    }
 }
 
 fn id_of(frame: &Bytes) -> Option<String> {
@@ -160,11 +193,12 @@ async fn every_subscriber_gets_the_same_encoded_bytes(kind: Kind) {
 
 async fn a_subscriber_behind_the_window_catches_up_from_the_log_without_loss(kind: Kind) {
     let (broker, _redis) = broker(kind, Retention::default()).await;
-    let hub = Hub::new(broker.clone(), HubConfig { window: 8, ..HubConfig::default() });
+    let seen = Arc::new(Recorded::default());
+    let hub = Hub::with_observer(broker.clone(), HubConfig { window: 8, ..HubConfig::default() }, seen.clone());
     let s = story("slow");
     let mut fast = hub.subscribe(&s, EventId::ZERO);
     started(&hub, &mut fast, &broker, &s).await;
-    let mut slow = hub.subscribe(&s, fast.cursor());
+    let mut slow = hub.resume(&s, fast.cursor());
     let mut ids = Vec::new();
     for n in 0..200 {
         ids.push(append(&*broker, &s, n).await.to_string());
@@ -178,16 +212,29 @@ async fn a_subscriber_behind_the_window_catches_up_from_the_log_without_loss(kin
     assert_eq!(got, ids, "{kind:?}: 200 events behind an 8-frame window, caught up in order, exactly once");
     let id = append(&*broker, &s, 999).await;
     assert_eq!(id_of(&next(&mut slow).await), Some(id.to_string()), "and back on the live window");
+    // What the observer was told: one exact resume (the plain subscriptions are not resumes); at least the 192
+    // events that had left the window were read from the log; the slow reader was at least that far behind.
+    assert_eq!(seen.resumes(), (1, 0), "{kind:?}");
+    let replayed = seen.replayed.load(Ordering::SeqCst);
+    assert!((192..=200).contains(&replayed), "{kind:?}: {replayed} events replayed from the log");
+    assert!(seen.max_lag.load(Ordering::SeqCst) >= 192, "{kind:?}: lag {seen:?}");
+    // A reader resuming at the head is exact too, with nothing to replay.
+    let mut current = hub.resume(&s, id);
+    let last = append(&*broker, &s, 1000).await;
+    assert_eq!(id_of(&next(&mut current).await), Some(last.to_string()));
+    assert_eq!(seen.resumes(), (2, 0), "{kind:?}");
+    assert_eq!(seen.replayed.load(Ordering::SeqCst), replayed, "{kind:?}: served from the window");
 }
 
 async fn catching_up_past_retention_reports_a_gap_never_a_silent_hole(kind: Kind) {
     let retention = Retention { max_events: NonZeroUsize::new(5).unwrap(), ..Retention::default() };
     let (broker, _redis) = broker(kind, retention).await;
-    let hub = Hub::new(broker.clone(), HubConfig { window: 8, ..HubConfig::default() });
+    let seen = Arc::new(Recorded::default());
+    let hub = Hub::with_observer(broker.clone(), HubConfig { window: 8, ..HubConfig::default() }, seen.clone());
     let s = story("trimmed");
     let mut fast = hub.subscribe(&s, EventId::ZERO);
     let start = started(&hub, &mut fast, &broker, &s).await;
-    let mut slow = hub.subscribe(&s, start);
+    let mut slow = hub.resume(&s, start);
     let mut ids = Vec::new();
     for n in 0..100 {
         ids.push(append(&*broker, &s, n).await.to_string());
@@ -219,6 +266,7 @@ async fn catching_up_past_retention_reports_a_gap_never_a_silent_hole(kind: Kind
         }
     }
     assert!(gaps > 0, "{kind:?}: 100 events through a 5-event log: something was trimmed unseen");
+    assert_eq!(seen.resumes(), (0, 1), "{kind:?}: the resume met a gap, and is reported once");
 }
 
 macro_rules! both {

@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 
 use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
+use storyline_hub::{EventMeters, ResumeOutcome};
+
 use crate::auth::Tier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -23,6 +25,10 @@ pub(crate) const BROKER_ERRORS: &str = "storyline_broker_errors_total";
 pub(crate) const BROKER_UP: &str = "storyline_broker_up";
 pub(crate) const PUBLISH_DURATION: &str = "storyline_publish_duration_seconds";
 pub(crate) const ACTIVE_STORIES: &str = "storyline_active_stories";
+pub(crate) const DELIVERY_LATENCY: &str = "storyline_delivery_latency_seconds";
+pub(crate) const RESUMES: &str = "storyline_resumes_total";
+pub(crate) const REPLAYED_EVENTS: &str = "storyline_replayed_events_total";
+pub(crate) const SUBSCRIBER_LAG: &str = "storyline_subscriber_lag_events";
 pub(crate) const BUILD_INFO: &str = "storyline_build_info";
 pub(crate) const AUDIT_EVENTS: &str = "storyline_audit_events_total";
 pub(crate) const JWKS_REFRESH_FAILURES: &str = "storyline_jwks_refresh_failures_total";
@@ -33,6 +39,10 @@ const CONNECTION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
 /// Broker call buckets, seconds: from an in-memory append (microseconds) to a Redis call near its timeout.
 const BROKER_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Delivery latency buckets, seconds. 0.2 is the SLO's threshold (99.9% within 200 ms) and 0.5 the p99 alert's,
+/// so both are exact bucket boundaries rather than interpolations.
+const DELIVERY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Request latency buckets, seconds.
 const HTTP_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -50,6 +60,7 @@ pub(crate) fn handle() -> PrometheusHandle {
                 })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BROKER_DURATION.to_owned()), BROKER_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.to_owned()), HTTP_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.to_owned()), DELIVERY_BUCKETS))
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -73,7 +84,36 @@ fn describe() {
         Unit::Count,
         "POSTs answered from an earlier append with the same Idempotency-Key."
     );
-    describe_counter!(EVENTS_DELIVERED, Unit::Count, "Event frames written to subscriber streams.");
+    describe_counter!(
+        EVENTS_DELIVERED,
+        Unit::Count,
+        "Event frames written to subscriber streams, by story namespace and event type (capped as for published)."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From the POST's acceptance (the event's ts, wall clock, millisecond resolution) to the frame handed to the \
+         subscriber's connection, for every delivery (not sampled), by story namespace. Across instances it \
+         includes their clock offset."
+    );
+    describe_counter!(
+        RESUMES,
+        Unit::Count,
+        "Streams opened with a resume id (Last-Event-ID), by outcome: exact (delivery continued right after the \
+         reader's last event) or gap (retention had removed events the reader had not seen; it got a gap frame)."
+    );
+    describe_counter!(
+        REPLAYED_EVENTS,
+        Unit::Count,
+        "Events read back from the log for readers behind the live window (resumes from older points, readers that \
+         fell behind)."
+    );
+    describe_gauge!(
+        SUBSCRIBER_LAG,
+        Unit::Count,
+        "The most events any subscriber of this instance had yet to receive when it read, since the previous \
+         scrape (for a reader catching up from the log, a lower bound). 0: every reader that read was at the head."
+    );
     describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Open SSE streams, by the reader's tier.");
     describe_counter!(CONNECTIONS_OPENED, Unit::Count, "SSE streams opened, by the reader's tier.");
     describe_counter!(
@@ -132,6 +172,11 @@ fn describe() {
     for reason in OPEN_FAILURE_REASONS {
         ::metrics::counter!(STREAM_OPEN_FAILURES, "reason" => *reason).absolute(0);
     }
+    for outcome in [ResumeOutcome::Exact, ResumeOutcome::Gap] {
+        ::metrics::counter!(RESUMES, "outcome" => outcome_label(outcome)).absolute(0);
+    }
+    ::metrics::counter!(REPLAYED_EVENTS).absolute(0);
+    ::metrics::gauge!(SUBSCRIBER_LAG).set(0.0);
 }
 
 /// The process's CPU time, resident memory, open file descriptors and their limit, threads and start time
@@ -313,17 +358,83 @@ pub(crate) fn stream_open_failed(error: &crate::error::ApiError) {
     ::metrics::counter!(STREAM_OPEN_FAILURES, "reason" => reason).increment(1);
 }
 
-/// Counts one frame written to a stream. This runs once per subscriber per event, so the counter's handle is
-/// looked up once per process rather than on every call (a registry lookup is a hash and a lock).
-pub(crate) fn delivered() {
-    static DELIVERED: OnceLock<::metrics::Counter> = OnceLock::new();
-    DELIVERED
-        .get_or_init(|| {
-            // The recorder must be in place before the handle is taken, or the handle would be a no-op.
-            let _ = handle();
-            ::metrics::counter!(EVENTS_DELIVERED)
-        })
-        .increment(1);
+/// The fan-out engine's meters: per-event delivery handles (resolved once per event, recorded per delivery),
+/// resumes, replays and subscriber lag.
+#[derive(Debug)]
+pub(crate) struct HubMeters {
+    labels: std::sync::Arc<EventLabels>,
+    exact: ::metrics::Counter,
+    gap: ::metrics::Counter,
+    replayed: ::metrics::Counter,
+    /// The largest lag reported since the last scrape.
+    max_lag: std::sync::atomic::AtomicUsize,
+}
+
+fn outcome_label(outcome: ResumeOutcome) -> &'static str {
+    match outcome {
+        ResumeOutcome::Exact => "exact",
+        ResumeOutcome::Gap => "gap",
+    }
+}
+
+impl HubMeters {
+    pub(crate) fn new(labels: std::sync::Arc<EventLabels>) -> Self {
+        // The recorder must be in place before handles are taken, or they would be no-ops.
+        let _ = handle();
+        Self {
+            labels,
+            exact: ::metrics::counter!(RESUMES, "outcome" => outcome_label(ResumeOutcome::Exact)),
+            gap: ::metrics::counter!(RESUMES, "outcome" => outcome_label(ResumeOutcome::Gap)),
+            replayed: ::metrics::counter!(REPLAYED_EVENTS),
+            max_lag: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Sets the lag gauge to the largest lag since the previous scrape, and starts over.
+    pub(crate) fn scrape_lag(&self) {
+        let lag = self.max_lag.swap(0, std::sync::atomic::Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)] // a count of events, far below 2^52
+        ::metrics::gauge!(SUBSCRIBER_LAG).set(lag as f64);
+    }
+}
+
+impl storyline_hub::Observer for HubMeters {
+    fn event_meters(&self, story: &storyline_core::StoryId, event_type: &storyline_core::EventType) -> EventMeters {
+        let namespace = self.labels.namespaces.value(story.namespace());
+        EventMeters {
+            delivered: ::metrics::counter!(
+                EVENTS_DELIVERED,
+                "namespace" => namespace.clone(),
+                "event_type" => self.labels.event_types.value(event_type.as_str())
+            ),
+            latency: ::metrics::histogram!(DELIVERY_LATENCY, "namespace" => namespace),
+        }
+    }
+
+    fn resumed(&self, outcome: ResumeOutcome) {
+        match outcome {
+            ResumeOutcome::Exact => self.exact.increment(1),
+            ResumeOutcome::Gap => self.gap.increment(1),
+        }
+    }
+
+    fn replayed(&self, events: usize) {
+        self.replayed.increment(u64::try_from(events).unwrap_or(u64::MAX));
+    }
+
+    fn lag(&self, events: usize) {
+        self.max_lag.fetch_max(events, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Records one delivery of `frame`: counted, and its latency from ingress accept to now.
+pub(crate) fn delivered(frame: &storyline_hub::EventFrame) {
+    frame.meters.delivered.increment(1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    #[allow(clippy::cast_precision_loss)] // milliseconds of latency, far below 2^52
+    frame.meters.latency.record(now_ms.saturating_sub(frame.accepted_ms) as f64 / 1000.0);
 }
 
 pub(crate) fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
@@ -334,6 +445,20 @@ pub(crate) fn http_request(route: &str, method: &str, status: u16, seconds: f64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lag_gauge_shows_the_largest_lag_since_the_previous_scrape() {
+        use storyline_hub::Observer;
+        let labels = EventLabels { namespaces: CappedLabel::new(1), event_types: CappedLabel::new(1) };
+        let meters = HubMeters::new(std::sync::Arc::new(labels));
+        let gauge = || crate::meters::handle().render();
+        meters.lag(5);
+        meters.lag(3);
+        meters.scrape_lag();
+        assert!(gauge().contains("\nstoryline_subscriber_lag_events 5\n"), "{}", gauge());
+        meters.scrape_lag();
+        assert!(gauge().contains("\nstoryline_subscriber_lag_events 0\n"), "nothing read since: {}", gauge());
+    }
 
     #[test]
     fn capped_labels_keep_the_first_values_and_call_the_rest_other() {

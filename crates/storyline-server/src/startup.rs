@@ -49,7 +49,8 @@ pub struct AppState {
     /// Rate and per-principal limits.
     pub(crate) limits: Limits,
     /// Story namespaces and event types as metric labels, capped.
-    pub(crate) event_labels: meters::EventLabels,
+    pub(crate) event_labels: Arc<meters::EventLabels>,
+    pub(crate) hub_meters: Arc<meters::HubMeters>,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -118,7 +119,12 @@ impl Application {
         let client_request_timeout = config.client_request_timeout;
         let tls = config.tls.clone();
         let broker: Arc<dyn Broker> = Arc::new(crate::metered::MeteredBroker::new(broker));
-        let hub = Hub::new(Arc::clone(&broker), HubConfig::default());
+        let event_labels = Arc::new(meters::EventLabels {
+            namespaces: meters::CappedLabel::new(config.metrics_max_namespaces),
+            event_types: meters::CappedLabel::new(config.metrics_max_event_types),
+        });
+        let hub_meters = Arc::new(meters::HubMeters::new(Arc::clone(&event_labels)));
+        let hub = Hub::with_observer(Arc::clone(&broker), HubConfig::default(), hub_meters.clone());
         let signals = stream_signals(config.heartbeat, shutdown.clone())?;
         let state = web::Data::new(AppState {
             broker,
@@ -127,10 +133,8 @@ impl Application {
             signals,
             open_streams: std::sync::atomic::AtomicUsize::new(0),
             limits: Limits::new(config.limits),
-            event_labels: meters::EventLabels {
-                namespaces: meters::CappedLabel::new(config.metrics_max_namespaces),
-                event_types: meters::CappedLabel::new(config.metrics_max_event_types),
-            },
+            event_labels,
+            hub_meters,
             metrics: meters::handle(),
             config,
         });

@@ -32,6 +32,7 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::meters::collect_process();
     crate::meters::active_stories(state.hub.stats().active_feeds);
+    state.hub_meters.scrape_lag();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

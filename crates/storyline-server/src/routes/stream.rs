@@ -28,7 +28,7 @@ use std::{
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::Deserialize;
 use storyline_core::{EventId, Gap, LogBounds, StoryId, TOKEN_EXPIRED_EVENT};
-use storyline_hub::{Bytes, Subscription, encode_gap};
+use storyline_hub::{Bytes, Delivery, Subscription, encode_gap};
 use tokio::{sync::watch, time::Sleep};
 
 use crate::{
@@ -109,7 +109,7 @@ pub(crate) async fn stream(
             if let Some(gap) = point.gap {
                 preface.push_back(encode_gap(Gap { requested: gap.requested, resumed_from: gap.resumed_from }));
             }
-            Phase::Live(state.hub.subscribe(&story, point.after))
+            Phase::Live(subscribe(&state, &story, resume, point))
         }
         Start::Pending(resume) => Phase::Resolving(resume),
     };
@@ -180,6 +180,20 @@ fn start_point(resume: Option<EventId>, bounds: LogBounds) -> StartPoint {
             gap: Some(GapData { requested: id, resumed_from: bounds.oldest.unwrap_or(EventId::ZERO) }),
         },
         Some(id) => StartPoint { after: id, gap: None },
+    }
+}
+
+/// The subscription a stream reads from `point`. A reader that sent a resume id is a resume: the engine reports
+/// whether it was exact, unless the id was one this story never issued, which is a gap from the start. (`0`,
+/// "from the oldest retained event", is a replay, not a resume.)
+fn subscribe(state: &AppState, story: &StoryId, resume: Option<EventId>, point: StartPoint) -> Subscription {
+    match (resume.filter(|id| *id != EventId::ZERO), point.gap) {
+        (Some(_), None) => state.hub.resume(story, point.after),
+        (Some(_), Some(_)) => {
+            storyline_hub::Observer::resumed(&*state.hub_meters, storyline_hub::ResumeOutcome::Gap);
+            state.hub.subscribe(story, point.after)
+        }
+        (None, _) => state.hub.subscribe(story, point.after),
     }
 }
 
@@ -346,10 +360,15 @@ fn encode_token_expired(expires_at: u64) -> Bytes {
 async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: &mut Duration) -> Step {
     let failure = match phase {
         Phase::Live(subscription) => match subscription.next().await {
-            Ok(frame) => {
+            Ok(delivery) => {
                 *backoff = RETRY_MIN;
-                meters::delivered();
-                return Step::Emit(frame);
+                return Step::Emit(match delivery {
+                    Delivery::Event(frame) => {
+                        meters::delivered(&frame);
+                        frame.bytes.clone()
+                    }
+                    Delivery::Notice(bytes) => bytes,
+                });
             }
             Err(e) => e,
         },
@@ -357,7 +376,7 @@ async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: 
             Ok(bounds) => {
                 *backoff = RETRY_MIN;
                 let point = start_point(*resume, bounds);
-                *phase = Phase::Live(state.hub.subscribe(story, point.after));
+                *phase = Phase::Live(subscribe(state, story, *resume, point));
                 return match point.gap {
                     Some(gap) => {
                         Step::Emit(encode_gap(Gap { requested: gap.requested, resumed_from: gap.resumed_from }))
@@ -398,8 +417,10 @@ mod tests {
         // body used to hold separately: 784, budget 800. The per-principal stream limit needs the principal's key
         // to give its place back (16 bytes plus padding, 600 KB at 19,000 streams): 816, budget 816. Closes counted
         // by tier and reason with their duration (issue 5) need the tier, the reason and the open time (6 bytes,
-        // the time as a u32 of tenths of a second): 832, budget 832.
-        const BUDGET_BYTES: usize = 832;
+        // the time as a u32 of tenths of a second): 832, budget 832. Resume outcomes (issue 5) need a subscription to
+        // know it is a resume until it meets the story (a flag, 8 bytes with padding), and a delivery is now an
+        // event frame with its meters or a notice (8 more in the pending step): 848 (300 KB at 19,000 streams).
+        const BUDGET_BYTES: usize = 848;
         let body = std::mem::size_of::<Body>();
         let subscription = std::mem::size_of::<Subscription>();
         let boxed = boxed_stream_size(Body::step);

@@ -9,6 +9,7 @@ use crate::helpers::{FRAME, Kind, assert_problem, both_brokers, spawn, spawn_on_
 
 both_brokers!(
     published_events_are_labelled_by_capped_namespace_and_event_type,
+    deliveries_resumes_and_replays_are_counted,
     streams_are_counted_by_tier_and_closes_and_failed_opens_by_reason,
     healthz_and_readyz_answer_200_without_a_token,
     metrics_are_prometheus_text_without_a_token,
@@ -351,4 +352,44 @@ async fn published_events_are_labelled_by_capped_namespace_and_event_type(kind: 
     assert!(has("capns1", "other"), "the second event type is other: {published:#?}");
     assert!(!text.contains("capns3") && !text.contains("captype.two"), "nothing past the caps is a label");
     assert!(!text.contains("capns1:a"), "no story ids");
+}
+
+/// Every delivery is counted by namespace and event type and its latency recorded; a stream opened with a resume
+/// id counts as an exact resume or a gap; events read back from the log for a reader behind the live window are
+/// counted as replayed. (The resume and replay counters are process-wide and other tests add to them
+/// concurrently, so those are checked as at-least increments; the delivery series are this test's own namespace.)
+async fn deliveries_resumes_and_replays_are_counted(kind: Kind) {
+    let app = spawn(kind).await;
+    let ns = format!("dlv{kind:?}").to_lowercase();
+    let delivered = format!("storyline_events_delivered_total{{namespace=\"{ns}\",event_type=\"chapter\"}}");
+    let latency = format!("storyline_delivery_latency_seconds_count{{namespace=\"{ns}\"}}");
+    let exact = "storyline_resumes_total{outcome=\"exact\"}";
+    let gap = "storyline_resumes_total{outcome=\"gap\"}";
+    let replayed = "storyline_replayed_events_total";
+
+    let live = format!("{ns}:live");
+    let mut stream = app.open_stream(&live, None).await;
+    app.publish(&live, "chapter", json!(1)).await;
+    app.publish(&live, "chapter", json!(2)).await;
+    stream.events(2, FRAME).await;
+    assert_eq!(app.metric(&delivered).await, 2.0, "two deliveries, labelled by namespace and type");
+    assert_eq!(app.metric(&latency).await, 2.0, "and two latencies recorded");
+    let (exact0, gap0, replayed0) = (app.metric(exact).await, app.metric(gap).await, app.metric(replayed).await);
+
+    // A reader resuming on a story with no feed yet: the feed starts at the head, so the event after the resume
+    // point is read back from the log.
+    let old = format!("{ns}:old");
+    let first = app.publish(&old, "chapter", json!(1)).await["id"].as_str().unwrap().to_owned();
+    let second = app.publish(&old, "chapter", json!(2)).await["id"].as_str().unwrap().to_owned();
+    let mut resumed = app.open_stream(&old, Some(&first)).await;
+    assert_eq!(resumed.next_event(FRAME).await.id.as_deref(), Some(second.as_str()));
+    assert!(app.metric(exact).await > exact0, "an exact resume is counted");
+    assert!(app.metric(replayed).await > replayed0, "the replayed event is counted");
+    assert_eq!(app.metric(&delivered).await, 3.0);
+
+    // A resume id this story never issued: a gap frame, counted as a gap.
+    let mut reset = app.open_stream(&old, Some("9999999999999-0")).await;
+    let frame = reset.next_event(FRAME).await;
+    assert_eq!(frame.event.as_deref(), Some("gap"), "{frame:?}");
+    assert!(app.metric(gap).await > gap0, "a resume past the story's head is a gap");
 }
