@@ -61,17 +61,35 @@ pub(crate) struct FeedShared {
     observer: Arc<dyn Observer>,
     window: RwLock<Window>,
     changed: Notify,
+    /// Subscriptions of this story on this instance.
+    subscribers: std::sync::atomic::AtomicUsize,
 }
 
 impl FeedShared {
     pub(crate) fn new(story: StoryId, broker: Arc<dyn Broker>, config: HubConfig, observer: Arc<dyn Observer>) -> Self {
-        Self { story, broker, config, observer, window: RwLock::default(), changed: Notify::new() }
+        Self {
+            story,
+            broker,
+            config,
+            observer,
+            window: RwLock::default(),
+            changed: Notify::new(),
+            subscribers: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// Encodes an event once, with the meters every delivery of it records.
     fn encode(&self, event: StoredEvent) -> Arc<EventFrame> {
         let meters = self.observer.event_meters(&self.story, &event.event_type);
         Arc::new(EventFrame::new(event, meters))
+    }
+
+    /// Encodes a live event once for every subscriber, and starts tracing its fan-out.
+    fn encode_live(&self, event: StoredEvent) -> Arc<EventFrame> {
+        let span = self.observer.fan_out_span(&event);
+        let subscribers = self.subscribers.load(std::sync::atomic::Ordering::Relaxed);
+        let meters = self.observer.event_meters(&self.story, &event.event_type);
+        Arc::new(EventFrame::new(event, meters).with_fan_out(span, subscribers))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Window> {
@@ -149,7 +167,7 @@ pub(crate) async fn upstream(shared: Arc<FeedShared>) {
                 Ok(TailItem::Event(event)) => {
                     backoff = BACKOFF_MIN;
                     cursor = event.id;
-                    let frame = shared.encode(event);
+                    let frame = shared.encode_live(event);
                     shared.push(Entry::Frame(frame));
                 }
                 Ok(TailItem::Gap(gap)) => shared.push(Entry::Gap(gap)),
@@ -191,6 +209,7 @@ enum Fill {
 
 impl Subscription {
     pub(crate) fn new(feed: Arc<Feed>, after: EventId, resuming: bool) -> Self {
+        feed.shared.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self { feed, reader: Reader { cursor: after, pending: VecDeque::new(), resuming } }
     }
 
@@ -223,6 +242,12 @@ impl Subscription {
                 }
             }
         }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.feed.shared.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

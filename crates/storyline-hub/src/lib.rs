@@ -45,12 +45,92 @@ pub struct EventFrame {
     pub meta: Metadata,
     /// Looked up once per event, recorded per delivery.
     pub meters: EventMeters,
+    /// The traced fan-out of a live event (none for events read back from the log for one subscriber).
+    fan_out: Option<FanOut>,
 }
 
 impl EventFrame {
     pub fn new(event: StoredEvent, meters: EventMeters) -> Self {
         let bytes = encode_event(&event);
-        Self { id: event.id, bytes, event_type: event.event_type, accepted_ms: event.ts, meta: event.meta, meters }
+        Self {
+            id: event.id,
+            bytes,
+            event_type: event.event_type,
+            accepted_ms: event.ts,
+            meta: event.meta,
+            meters,
+            fan_out: None,
+        }
+    }
+
+    /// Traces this frame's fan-out to `subscribers` subscribers in `span`.
+    fn with_fan_out(mut self, span: tracing::Span, subscribers: usize) -> Self {
+        self.fan_out = Some(FanOut::new(span, subscribers));
+        self
+    }
+
+    /// Records that the frame was handed to one subscriber's connection: counted on the event's fan-out span,
+    /// which ends once every subscriber the story had when the event arrived has written it.
+    pub fn written(&self) {
+        if let Some(fan_out) = &self.fan_out {
+            fan_out.written();
+        }
+    }
+}
+
+/// One live event's fan-out on this instance, traced as one span however many subscribers it has: from the
+/// upstream reading the event to the last of the story's subscribers at that moment writing it, with the
+/// subscriber count, the writes and the slowest write (time from the read to a subscriber's write) on it. If a
+/// subscriber never writes it (it left, or fell behind and caught up from the log), the span ends when the frame
+/// leaves the window, with fewer writes than subscribers.
+#[derive(Debug)]
+struct FanOut {
+    span: Mutex<Option<tracing::Span>>,
+    read_at: std::time::Instant,
+    subscribers: usize,
+    writes: std::sync::atomic::AtomicUsize,
+    slowest_us: std::sync::atomic::AtomicU64,
+}
+
+impl FanOut {
+    fn new(span: tracing::Span, subscribers: usize) -> Self {
+        let fan_out = Self {
+            span: Mutex::new(Some(span)),
+            read_at: std::time::Instant::now(),
+            subscribers,
+            writes: std::sync::atomic::AtomicUsize::new(0),
+            slowest_us: std::sync::atomic::AtomicU64::new(0),
+        };
+        if subscribers == 0 {
+            fan_out.finish();
+        }
+        fan_out
+    }
+
+    fn written(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = u64::try_from(self.read_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.slowest_us.fetch_max(us, Relaxed);
+        if self.writes.fetch_add(1, Relaxed) + 1 == self.subscribers {
+            self.finish();
+        }
+    }
+
+    /// Records the totals and ends the span (once).
+    fn finish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(span) = lock(&self.span).take() else { return };
+        // As i64: OpenTelemetry's integer attributes are signed (an unsigned value would be exported as a string).
+        span.record("storyline.subscribers", i64::try_from(self.subscribers).unwrap_or(i64::MAX));
+        span.record("storyline.delivered", i64::try_from(self.writes.load(Relaxed)).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_precision_loss)] // microseconds of one write, far below 2^52
+        span.record("storyline.slowest_write_ms", self.slowest_us.load(Relaxed) as f64 / 1000.0);
+    }
+}
+
+impl Drop for FanOut {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -107,6 +187,9 @@ pub trait Observer: Send + Sync + fmt::Debug {
     /// A subscriber, as it read, had this many events of its story yet to receive (for one catching up from the
     /// log: a lower bound).
     fn lag(&self, events: usize);
+    /// The span of a live event's fan-out on this instance (one per event, whatever the subscriber count), in
+    /// the trace the event was published under. `Span::none()` to trace nothing.
+    fn fan_out_span(&self, event: &StoredEvent) -> tracing::Span;
 }
 
 /// Reports nothing.
@@ -120,6 +203,9 @@ impl Observer for NoObserver {
     fn resumed(&self, _: ResumeOutcome) {}
     fn replayed(&self, _: usize) {}
     fn lag(&self, _: usize) {}
+    fn fan_out_span(&self, _: &StoredEvent) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 /// Tuning of the engine.

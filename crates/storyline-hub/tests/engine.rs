@@ -115,6 +115,9 @@ impl Observer for Recorded {
     fn lag(&self, events: usize) {
         self.max_lag.fetch_max(events, Ordering::SeqCst);
     }
+    fn fan_out_span(&self, _: &storyline_core::StoredEvent) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 impl Recorded {

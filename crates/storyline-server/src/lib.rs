@@ -25,8 +25,10 @@ pub mod openapi;
 mod routes;
 mod slow;
 pub mod startup;
+mod telemetry;
 pub mod tls;
 
 pub use config::{RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit};
 pub use error::{ApiError, Problem};
+pub use meters::trace_spans_dropped;
 pub use startup::{Application, Shutdown};

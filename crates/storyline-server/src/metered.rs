@@ -11,6 +11,7 @@ use futures::StreamExt;
 use storyline_core::{
     Appended, Broker, BrokerError, EventId, EventStream, IdempotencyKey, LogBounds, NewEvent, Page, PageLimit, StoryId,
 };
+use tracing::Instrument;
 
 use crate::meters;
 
@@ -41,8 +42,13 @@ impl Broker for MeteredBroker {
         event: NewEvent,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Appended, BrokerError> {
+        let span = crate::telemetry::broker_span("append", self.0.kind());
         let started = Instant::now();
-        observe("append", started, self.0.append(story, event, idempotency_key).await)
+        let result = self.0.append(story, event, idempotency_key).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        observe("append", started, result)
     }
 
     async fn read_after(&self, story: &StoryId, after: EventId, limit: PageLimit) -> Result<Page, BrokerError> {

@@ -29,6 +29,7 @@ pub(crate) const DELIVERY_LATENCY: &str = "storyline_delivery_latency_seconds";
 pub(crate) const RESUMES: &str = "storyline_resumes_total";
 pub(crate) const REPLAYED_EVENTS: &str = "storyline_replayed_events_total";
 pub(crate) const SUBSCRIBER_LAG: &str = "storyline_subscriber_lag_events";
+pub(crate) const TRACE_SPANS_DROPPED: &str = "storyline_trace_spans_dropped_total";
 pub(crate) const BUILD_INFO: &str = "storyline_build_info";
 pub(crate) const AUDIT_EVENTS: &str = "storyline_audit_events_total";
 pub(crate) const JWKS_REFRESH_FAILURES: &str = "storyline_jwks_refresh_failures_total";
@@ -158,6 +159,13 @@ fn describe() {
         "From a POST's arrival to the broker's acknowledgement of the append (accepted events only)."
     );
     describe_gauge!(ACTIVE_STORIES, Unit::Count, "Stories with at least one open stream on this instance.");
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        Unit::Count,
+        "Trace spans dropped because their batch failed to export (collector down or refusing); the service is \
+         unaffected."
+    );
+    ::metrics::counter!(TRACE_SPANS_DROPPED).absolute(0);
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; labels carry the version.");
     ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Every tier's series exists from the start (at 0), so dashboards and alerts see "none" rather than "no data".
@@ -425,10 +433,21 @@ impl storyline_hub::Observer for HubMeters {
     fn lag(&self, events: usize) {
         self.max_lag.fetch_max(events, std::sync::atomic::Ordering::Relaxed);
     }
+
+    fn fan_out_span(&self, event: &storyline_core::StoredEvent) -> tracing::Span {
+        crate::telemetry::fan_out_span(event)
+    }
+}
+
+/// Counts trace spans dropped by a failed export.
+pub fn trace_spans_dropped(spans: usize) {
+    let _ = handle();
+    ::metrics::counter!(TRACE_SPANS_DROPPED).increment(u64::try_from(spans).unwrap_or(u64::MAX));
 }
 
 /// Records one delivery of `frame`: counted, and its latency from ingress accept to now.
 pub(crate) fn delivered(frame: &storyline_hub::EventFrame) {
+    frame.written();
     frame.meters.delivered.increment(1);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

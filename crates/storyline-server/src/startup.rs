@@ -368,18 +368,24 @@ async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    use tracing::Instrument;
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let res = next.call(req).await?;
+    // The resource map knows the route template before the request is routed.
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let span = crate::telemetry::request_span(req.headers(), method.as_str(), &route, &path);
+    let res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
-    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    crate::telemetry::finish_request_span(&span, status);
     if route != "/v1/stories/{story}/stream" {
         meters::http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
     } else if let Some(error) = res.response().error().and_then(|e| e.as_error::<ApiError>()) {
         meters::stream_open_failed(error);
     }
-    tracing::info!(target: "storyline::access", %method, %path, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    span.in_scope(|| {
+        tracing::info!(target: "storyline::access", %method, %path, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    });
     Ok(res)
 }

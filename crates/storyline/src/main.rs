@@ -8,6 +8,7 @@
 
 mod probe;
 mod settings;
+mod telemetry;
 
 use std::{net::TcpListener, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -134,13 +135,18 @@ fn token(settings: &Settings, sub: &str, scope: &str, tier: Option<Tier>, ttl_se
 
 /// Logs to stdout, filtered by `RUST_LOG` (default `info`). Audit events (target `storyline::audit`) are JSON
 /// lines in either format, so they can be shipped and queried as structured records.
-fn init_logging(format: LogFormat) {
+///
+/// Lines written within a request or an event's fan-out carry their span's `trace_id` and `span_id` (in JSON, in
+/// the `spans` list) when traces are exported. With a tracer provider, storyline's spans also go to OTLP.
+fn init_logging(format: LogFormat, tracer: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
     use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let is_audit = |meta: &tracing::Metadata<'_>| meta.target() == storyline_server::audit::AUDIT_TARGET;
+    let otel = tracer.map(telemetry::layer);
     match format {
         LogFormat::Json => {
             tracing_subscriber::registry()
+                .with(otel)
                 .with(fmt::layer().json().with_current_span(false).with_filter(filter()))
                 .init();
         }
@@ -152,15 +158,25 @@ fn init_logging(format: LogFormat) {
                 .with_filter(filter());
             let audit =
                 fmt::layer().json().with_current_span(false).with_filter(filter_fn(is_audit)).with_filter(filter());
-            tracing_subscriber::registry().with(text).with(audit).init();
+            tracing_subscriber::registry().with(otel).with(text).with(audit).init();
         }
     }
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_logging(settings.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    runtime.block_on(run(settings))
+    runtime.block_on(async {
+        let tracer = telemetry::from_env()?;
+        init_logging(settings.log_format, tracer.as_ref());
+        if tracer.is_some() {
+            tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_*)");
+        }
+        let result = run(settings).await;
+        if let Some(tracer) = tracer {
+            telemetry::shutdown(tracer).await;
+        }
+        result
+    })
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {

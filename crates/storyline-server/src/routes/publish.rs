@@ -73,8 +73,9 @@ pub(crate) async fn publish(
     let body = read_limited(&req, payload, state.config.body_limit_bytes).await?;
     let (event_type, data) = parse_body(&body)?;
 
-    let event =
-        NewEvent { event_type, data, author: principal.sub.clone(), ts: super::now_ms(), meta: Metadata::new() };
+    let mut meta = Metadata::new();
+    crate::telemetry::inject_current(&mut meta, req.headers());
+    let event = NewEvent { event_type, data, author: principal.sub.clone(), ts: super::now_ms(), meta };
     let appended = super::with_broker(
         state.config.broker_timeout,
         state.config.retry_after_secs,
