@@ -112,6 +112,20 @@ fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
     Ok(builder)
 }
 
+/// Logs a client's connection losses and reconnections (target `storyline::broker`), so an outage and its end
+/// are in the logs with the server and the error. The listener tasks end with the client.
+fn log_connection_events(client: &Client, role: &'static str) {
+    let _lost = client.on_error(move |(error, server)| async move {
+        let server = server.map(|s| s.to_string()).unwrap_or_default();
+        tracing::warn!(target: "storyline::broker", role, server, error = %error, "Redis connection lost; reconnecting");
+        Ok(())
+    });
+    let _back = client.on_reconnect(move |server| async move {
+        tracing::info!(target: "storyline::broker", role, server = %server, "Redis connection re-established");
+        Ok(())
+    });
+}
+
 impl RedisBroker {
     /// Starts the connections and the tailer, waiting up to `command_timeout` for Redis to answer. If it does not,
     /// the broker is returned anyway and keeps reconnecting in the background: operations fail with
@@ -122,6 +136,10 @@ impl RedisBroker {
         let pool = builder.build_pool(config.pool_size.max(1)).map_err(unavailable)?;
         // The tailer's connection blocks in XREAD; it must never carry other traffic.
         let reader = builder.build().map_err(unavailable)?;
+        for client in pool.clients() {
+            log_connection_events(client, "pool");
+        }
+        log_connection_events(&reader, "tailer");
         let _pool_task = pool.connect();
         let _reader_task = reader.connect();
         let connected = async {

@@ -301,7 +301,7 @@ pub(crate) enum CloseReason {
 impl CloseReason {
     const ALL: [Self; 4] = [Self::Client, Self::Shutdown, Self::SlowConsumer, Self::TokenExpired];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Shutdown => "shutdown",
@@ -339,13 +339,19 @@ impl OpenStream {
     }
 }
 
+impl OpenStream {
+    /// How long the stream has been open, in seconds (tenths of a second resolution).
+    pub(crate) fn seconds_open(&self) -> f64 {
+        f64::from(deciseconds().saturating_sub(self.opened_ds)) / 10.0
+    }
+}
+
 impl Drop for OpenStream {
     fn drop(&mut self) {
         let tier = self.tier.as_str();
         ::metrics::gauge!(CONNECTIONS_ACTIVE, "tier" => tier).decrement(1.0);
         ::metrics::counter!(CONNECTIONS_CLOSED, "tier" => tier, "reason" => self.reason.as_str()).increment(1);
-        let seconds = f64::from(deciseconds().saturating_sub(self.opened_ds)) / 10.0;
-        ::metrics::histogram!(CONNECTION_DURATION, "tier" => tier).record(seconds);
+        ::metrics::histogram!(CONNECTION_DURATION, "tier" => tier).record(self.seconds_open());
     }
 }
 

@@ -153,6 +153,19 @@ async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is
         (status == 200).then_some(())
     })
     .await;
+    // An outage of a connected broker, and its end, are in the logs as structured broker events.
+    let logged = |message: &str| loop {
+        let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| panic!("no log line {message:?}"));
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if entry["target"] == "storyline::broker" && entry["fields"]["message"] == message {
+            return entry;
+        }
+    };
+    redis.kill();
+    let lost = logged("Redis connection lost; reconnecting");
+    assert!(lost["fields"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{lost}");
+    redis.restart(&["--save", "", "--appendonly", "no"]);
+    logged("Redis connection re-established");
 }
 
 /// Query strings carry tokens (`?access_token=` is how EventSource authenticates), so neither a valid nor an
@@ -209,6 +222,15 @@ async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
         logs.iter().filter(|l| l.contains("/v1/stories/demo/stream")).count() >= 2,
         "the requests were logged (so a leak would have shown): {logs:#?}"
     );
+    // Streams are logged when they open (with who opened them) and when they close (with why).
+    let entries: Vec<serde_json::Value> = logs.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let stream_log = |message: &str| {
+        entries.iter().find(|e| e["target"] == "storyline::stream" && e["fields"]["message"] == message).cloned()
+    };
+    let opened = stream_log("stream opened").unwrap_or_else(|| panic!("no stream opened line: {logs:#?}"));
+    assert_eq!((opened["fields"]["story"].as_str(), opened["fields"]["sub"].as_str()), (Some("demo"), Some("reader")));
+    let closed = stream_log("stream closed").unwrap_or_else(|| panic!("no stream closed line: {logs:#?}"));
+    assert!(matches!(closed["fields"]["reason"].as_str(), Some("client" | "shutdown")), "{closed}");
     let signature = forged.rsplit('.').next().unwrap();
     let token_signature = token.rsplit('.').next().unwrap();
     for (what, texts) in [("logs", &logs), ("bodies and metrics", &bodies)] {

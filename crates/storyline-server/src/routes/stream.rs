@@ -117,6 +117,14 @@ pub(crate) async fn stream(
     let watch = req.conn_data::<ConnFd>().map(|fd| Watch::register(fd.0, slow_after));
     let expires_at = principal.expires_at;
     let expiry = expiry_timer(expires_at, config.heartbeat);
+    tracing::info!(
+        target: STREAM_LOG,
+        story = %story,
+        sub = %principal.sub,
+        tier = principal.tier.as_str(),
+        resume = ?resume.map(|id| id.to_string()),
+        "stream opened"
+    );
     let body = Body {
         watch,
         preface,
@@ -272,8 +280,17 @@ impl Drop for Body {
         if self.watch.as_ref().is_some_and(Watch::was_cut) {
             self.open.reason = meters::CloseReason::SlowConsumer;
         }
+        let (reason, open_secs) = (self.open.reason.as_str(), self.open.seconds_open());
+        let last_event_id = match &self.phase {
+            Phase::Live(subscription) => Some(subscription.cursor()),
+            Phase::Resolving(_) => None,
+        };
+        tracing::info!(target: STREAM_LOG, story = %self.story, reason, open_secs, last_event_id = ?last_event_id.map(|id| id.to_string()), "stream closed");
     }
 }
+
+/// The target of the stream open/close log lines.
+const STREAM_LOG: &str = "storyline::stream";
 
 enum Phase {
     /// The broker was unreachable at open: find the start point first.
