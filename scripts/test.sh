@@ -45,19 +45,21 @@ if ! redis_ok; then
   fi
 fi
 
-# The alert rule tests (crates/storyline/tests/alert_rules.rs) run promtool, which comes with the Debian package
-# prometheus. On a systemd machine the package starts a Prometheus server on :9090, which these tests do not
-# need, so a server that this install started is stopped and disabled again.
-if ! command -v promtool >/dev/null 2>&1; then
+# The alert rule tests (crates/storyline/tests/alert_rules.rs) run promtool, and the end-to-end scrape test
+# (crates/storyline/tests/prometheus_scrape.rs) runs its own prometheus on a free port; both come with the Debian
+# package prometheus. On a systemd machine the package starts a Prometheus server on :9090, which these tests do
+# not use, so a server that this install started is stopped and disabled again.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   if apt_install promtool prometheus --no-install-recommends; then
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
       { systemctl disable --now prometheus || sudo -n systemctl disable --now prometheus; } >/dev/null 2>&1 || true
     fi
-    command -v promtool >/dev/null 2>&1 || { echo "test.sh: the prometheus package did not provide promtool" >&2; exit 1; }
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+      || { echo "test.sh: the prometheus package did not provide promtool and prometheus" >&2; exit 1; }
   else
-    echo "test.sh: promtool (Prometheus >= 2.x) is required on PATH for the alert rule tests; install Prometheus with" >&2
+    echo "test.sh: promtool and prometheus (Prometheus >= 2.x) are required on PATH for the Prometheus tests; install it with" >&2
     echo "         your package manager (Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus)" >&2
-    echo "         or from https://prometheus.io/download/ and put its promtool on PATH" >&2
+    echo "         or from https://prometheus.io/download/ and put promtool and prometheus on PATH" >&2
     exit 1
   fi
 fi

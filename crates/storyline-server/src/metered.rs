@@ -15,6 +15,9 @@ use tracing::Instrument;
 
 use crate::meters;
 
+/// Every `op` label of the broker metrics.
+pub(crate) const OPS: &[&str] = &["append", "read", "bounds", "ping", "tail"];
+
 #[derive(Debug)]
 pub(crate) struct MeteredBroker(Arc<dyn Broker>);
 

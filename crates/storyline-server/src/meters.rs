@@ -180,6 +180,9 @@ fn describe() {
     for reason in OPEN_FAILURE_REASONS {
         ::metrics::counter!(STREAM_OPEN_FAILURES, "reason" => *reason).absolute(0);
     }
+    for op in crate::metered::OPS {
+        ::metrics::counter!(BROKER_ERRORS, "op" => *op).absolute(0);
+    }
     for outcome in [ResumeOutcome::Exact, ResumeOutcome::Gap] {
         ::metrics::counter!(RESUMES, "outcome" => outcome_label(outcome)).absolute(0);
     }

@@ -6,12 +6,15 @@
 //! promtool comes from the Debian package `prometheus`; `scripts/test.sh` installs it when it is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
 };
 
+use common::panels;
 use serde_json::Value;
 
 const RUNBOOK_BASE: &str = "https://example.invalid/storyline/blob/main/runbooks/";
@@ -155,19 +158,6 @@ fn every_alert_has_a_for_a_severity_a_summary_and_a_runbook_that_exists() {
             assert!(runbooks.contains(&file), "runbooks/{file} belongs to no alert in storyline-rules.yml");
         }
     }
-}
-
-/// Every panel that is not a row, across nested rows.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    let mut out = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels is an array") {
-        if panel["type"] == "row" {
-            out.extend(panel["panels"].as_array().into_iter().flatten());
-        } else {
-            out.push(panel);
-        }
-    }
-    out
 }
 
 fn dashboard(file: &str) -> Value {

@@ -6,7 +6,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{Running as Serve, logged_base_url, spawn, storyline};
+use common::{Running as Serve, logged_base_url, logged_base_url_json, mint_token, spawn, storyline};
 
 #[test]
 fn the_committed_openapi_document_matches_what_the_binary_prints() {
@@ -56,17 +56,6 @@ fn bad_configuration_exits_64_before_binding() {
 /// Starts `storyline serve` on a free port with only `env` set, and its stdout as a channel of lines.
 fn serve(env: &[(&str, &str)]) -> (Serve, std::sync::mpsc::Receiver<String>) {
     spawn(&["serve", "--listen", "127.0.0.1:0"], env)
-}
-
-/// The base URL `serve` logs (`STORYLINE_LOG_FORMAT=json`) once it listens; earlier lines are skipped.
-fn base_url_from_json_logs(rx: &std::sync::mpsc::Receiver<String>) -> String {
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if entry["fields"]["message"] == "listening" {
-            return format!("http://{}", entry["fields"]["address"].as_str().unwrap());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +132,7 @@ async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is
         ("STORYLINE_BROKER_TIMEOUT_MS", "500"),
         ("STORYLINE_LOG_FORMAT", "json"),
     ]);
-    let base = base_url_from_json_logs(&rx);
+    let base = logged_base_url_json(&rx);
     let client = reqwest::Client::new();
     assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "alive without Redis");
     assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 503, "not ready without Redis");
@@ -173,14 +162,12 @@ async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
-    let minted =
-        storyline(&["token", "--sub", "reader", "--scope", "read:* write:*"], &[("STORYLINE_JWT_SECRET", SECRET)]);
-    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let token = mint_token(SECRET, &["--sub", "reader", "--scope", "read:* write:*"]);
     assert!(token.len() > 20, "a token was minted");
     let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.forged-signature-marker";
     let (serve, rx) =
         serve(&[("STORYLINE_JWT_SECRET", SECRET), ("STORYLINE_LOG_FORMAT", "json"), ("RUST_LOG", "trace")]);
-    let base = base_url_from_json_logs(&rx);
+    let base = logged_base_url_json(&rx);
     let client = reqwest::Client::new();
     let mut bodies = Vec::new();
 
@@ -247,10 +234,7 @@ async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_events_are_audited_as_json_lines_and_counted_by_reason() {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
-    let mint = |args: &[&str]| {
-        let out = storyline(&[&["token"], args].concat(), &[("STORYLINE_JWT_SECRET", SECRET)]);
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let mint = |args: &[&str]| mint_token(SECRET, args);
     let reader = mint(&["--sub", "reader", "--scope", "read:*"]);
     let writer = mint(&["--sub", "writer", "--scope", "write:*"]);
     let admin = mint(&["--sub", "root", "--scope", "read:* write:*", "--tier", "admin"]);

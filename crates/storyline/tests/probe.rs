@@ -12,9 +12,7 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const PROBE_SCOPE: &str = "read:probe:* write:probe:*";
 
 fn mint(secret: &str, scope: &str) -> String {
-    let out = storyline(&["token", "--sub", "probe", "--scope", scope], &[("STORYLINE_JWT_SECRET", secret)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    common::mint_token(secret, &["--sub", "probe", "--scope", scope])
 }
 
 /// `storyline serve` with the test secret on a free port; its base URL.

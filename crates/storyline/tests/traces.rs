@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Running, spawn, storyline};
+use common::{Running, logged_base_url_json, mint_token, spawn};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -107,17 +107,6 @@ async fn start_collector(collector: Collector) -> String {
     endpoint
 }
 
-/// The base URL `serve` logs (`STORYLINE_LOG_FORMAT=json`) once it listens; earlier lines are skipped.
-fn base_url(rx: &std::sync::mpsc::Receiver<String>) -> String {
-    loop {
-        let line = rx.recv_timeout(WAIT).expect("storyline logs its address");
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if entry["fields"]["message"] == "listening" {
-            return format!("http://{}", entry["fields"]["address"].as_str().unwrap());
-        }
-    }
-}
-
 /// `storyline serve` on a free port of one Redis, exporting traces as `otel` says, as service instance `id`.
 fn serve(redis: &RedisServer, otel: &[(&str, &str)], id: &str) -> (Running, std::sync::mpsc::Receiver<String>, String) {
     let attributes = format!("service.instance.id={id}");
@@ -131,14 +120,12 @@ fn serve(redis: &RedisServer, otel: &[(&str, &str)], id: &str) -> (Running, std:
     env.extend(otel.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (running, rx) = spawn(&["serve", "--listen", "127.0.0.1:0"], &env);
-    let base = base_url(&rx);
+    let base = logged_base_url_json(&rx);
     (running, rx, base)
 }
 
 fn token() -> String {
-    let out =
-        storyline(&["token", "--sub", "tracer", "--scope", "read:* write:*"], &[("STORYLINE_JWT_SECRET", SECRET)]);
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    mint_token(SECRET, &["--sub", "tracer", "--scope", "read:* write:*"])
 }
 
 /// Reads the stream until an event frame whose data contains `marker`.

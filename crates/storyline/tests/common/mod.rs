@@ -69,3 +69,35 @@ pub(crate) fn logged_base_url(rx: &Receiver<String>) -> String {
         }
     }
 }
+
+/// The base URL `serve` logs in JSON format (`STORYLINE_LOG_FORMAT=json`) once it listens; earlier lines are
+/// skipped.
+pub(crate) fn logged_base_url_json(rx: &Receiver<String>) -> String {
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("storyline logs its address");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if entry["fields"]["message"] == "listening" {
+            return format!("http://{}", entry["fields"]["address"].as_str().unwrap());
+        }
+    }
+}
+
+/// A JWT minted by `storyline token <args>` with `secret` (e.g. `["--sub", "w", "--scope", "write:*"]`).
+pub(crate) fn mint_token(secret: &str, args: &[&str]) -> String {
+    let out = storyline(&[&["token"], args].concat(), &[("STORYLINE_JWT_SECRET", secret)]);
+    assert!(out.status.success(), "storyline token {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a token is ASCII").trim().to_owned()
+}
+
+/// Every panel of a Grafana dashboard that is not a row, across nested rows.
+pub(crate) fn panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels is an array") {
+        if panel["type"] == "row" {
+            out.extend(panel["panels"].as_array().into_iter().flatten());
+        } else {
+            out.push(panel);
+        }
+    }
+    out
+}
