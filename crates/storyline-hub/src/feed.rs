@@ -89,7 +89,9 @@ impl FeedShared {
         let span = self.observer.fan_out_span(&event);
         let subscribers = self.subscribers.load(std::sync::atomic::Ordering::Relaxed);
         let meters = self.observer.event_meters(&self.story, &event.event_type);
-        Arc::new(EventFrame::new(event, meters).with_fan_out(span, subscribers))
+        let frame = EventFrame::new(event, meters);
+        // Nothing to trace (no exporter): no per-delivery bookkeeping either.
+        Arc::new(if span.is_none() { frame } else { frame.with_fan_out(span, subscribers) })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Window> {

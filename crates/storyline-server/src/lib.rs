@@ -25,7 +25,7 @@ pub mod openapi;
 mod routes;
 mod slow;
 pub mod startup;
-mod telemetry;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::{RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit};

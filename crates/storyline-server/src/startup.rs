@@ -372,13 +372,15 @@ async fn access_log(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
-    // The resource map knows the route template before the request is routed.
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let span = crate::telemetry::request_span(req.headers(), method.as_str(), &route, &path);
+    // A span is named after its route template, which the resource map can tell before routing; but that is a
+    // second walk of the routes' regexes (measured: 3 µs of a POST's 23), so only when spans are recorded.
+    let early_route = crate::telemetry::spans_enabled().then(|| req.match_pattern()).flatten();
+    let span = crate::telemetry::request_span(req.headers(), method.as_str(), early_route.as_deref(), &path);
     let res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
     crate::telemetry::finish_request_span(&span, status);
+    let route = early_route.or_else(|| res.request().match_pattern()).unwrap_or_else(|| "unmatched".to_owned());
     if route != "/v1/stories/{story}/stream" {
         meters::http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
     } else if let Some(error) = res.response().error().and_then(|e| e.as_error::<ApiError>()) {

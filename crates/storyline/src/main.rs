@@ -169,6 +169,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let tracer = telemetry::from_env()?;
         init_logging(settings.log_format, tracer.as_ref());
         if tracer.is_some() {
+            storyline_server::telemetry::enable_spans();
             tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_*)");
         }
         let result = run(settings).await;
