@@ -79,19 +79,19 @@ impl FeedShared {
     }
 
     /// Encodes an event once, with the meters every delivery of it records.
-    fn encode(&self, event: StoredEvent) -> Arc<EventFrame> {
-        let meters = self.observer.event_meters(&self.story, &event.event_type);
-        Arc::new(EventFrame::new(event, meters))
+    fn encode(&self, event: &StoredEvent) -> EventFrame {
+        EventFrame::new(event, self.observer.event_meters(&self.story, &event.event_type))
     }
 
     /// Encodes a live event once for every subscriber, and starts tracing its fan-out.
-    fn encode_live(&self, event: StoredEvent) -> Arc<EventFrame> {
-        let span = self.observer.fan_out_span(&event);
-        let subscribers = self.subscribers.load(std::sync::atomic::Ordering::Relaxed);
-        let meters = self.observer.event_meters(&self.story, &event.event_type);
-        let frame = EventFrame::new(event, meters);
+    fn encode_live(&self, event: &StoredEvent) -> Arc<EventFrame> {
+        let frame = self.encode(event);
+        let span = self.observer.fan_out_span(event);
         // Nothing to trace (no exporter): no per-delivery bookkeeping either.
-        Arc::new(if span.is_none() { frame } else { frame.with_fan_out(span, subscribers) })
+        if span.is_none() {
+            return Arc::new(frame);
+        }
+        Arc::new(frame.with_fan_out(span, self.subscribers.load(std::sync::atomic::Ordering::Relaxed)))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Window> {
@@ -169,8 +169,7 @@ pub(crate) async fn upstream(shared: Arc<FeedShared>) {
                 Ok(TailItem::Event(event)) => {
                     backoff = BACKOFF_MIN;
                     cursor = event.id;
-                    let frame = shared.encode_live(event);
-                    shared.push(Entry::Frame(frame));
+                    shared.push(Entry::Frame(shared.encode_live(&event)));
                 }
                 Ok(TailItem::Gap(gap)) => shared.push(Entry::Gap(gap)),
                 Err(e) => {
@@ -323,7 +322,7 @@ impl Reader {
         feed.observer.replayed(page.events.len());
         for event in page.events {
             self.cursor = event.id;
-            self.pending.push_back(Delivery::Event(feed.encode(event)));
+            self.pending.push_back(Delivery::Event(Arc::new(feed.encode(&event))));
         }
         Ok(true)
     }

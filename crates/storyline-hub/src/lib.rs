@@ -28,21 +28,17 @@ pub use bytes::Bytes;
 pub use feed::Subscription;
 use feed::{Feed, FeedShared};
 pub use frame::{SseFrame, encode_event, encode_gap, take_frame};
-use storyline_core::{Broker, EventId, EventType, Metadata, PageLimit, StoredEvent, StoryId};
+use storyline_core::{Broker, EventId, EventType, PageLimit, StoredEvent, StoryId};
 
 /// An event as the engine hands it to subscribers: its SSE frame, encoded once and shared by every subscriber
-/// of this instance, with what delivery needs to measure itself (its type, accept time and meters) and the trace
-/// context it was published under.
+/// of this instance, with what delivery needs to measure itself (its accept time and meters).
 #[derive(Debug)]
 pub struct EventFrame {
     pub id: EventId,
     /// The complete frame (`id:`, `event:`, `data:`).
     pub bytes: Bytes,
-    pub event_type: EventType,
     /// When ingress accepted it, milliseconds since the Unix epoch (the envelope's `ts`).
     pub accepted_ms: u64,
-    /// What travelled with the event through the broker (W3C trace context).
-    pub meta: Metadata,
     /// Looked up once per event, recorded per delivery.
     pub meters: EventMeters,
     /// The traced fan-out of a live event (none for events read back from the log for one subscriber).
@@ -50,17 +46,8 @@ pub struct EventFrame {
 }
 
 impl EventFrame {
-    pub fn new(event: StoredEvent, meters: EventMeters) -> Self {
-        let bytes = encode_event(&event);
-        Self {
-            id: event.id,
-            bytes,
-            event_type: event.event_type,
-            accepted_ms: event.ts,
-            meta: event.meta,
-            meters,
-            fan_out: None,
-        }
+    pub fn new(event: &StoredEvent, meters: EventMeters) -> Self {
+        Self { id: event.id, bytes: encode_event(event), accepted_ms: event.ts, meters, fan_out: None }
     }
 
     /// Traces this frame's fan-out to `subscribers` subscribers in `span`.
