@@ -14,7 +14,7 @@ use std::{
     process::Command,
 };
 
-use common::panels;
+use common::{dashboard_queries, panels};
 use serde_json::Value;
 
 const RUNBOOK_BASE: &str = "https://example.invalid/storyline/blob/main/runbooks/";
@@ -237,22 +237,12 @@ fn every_dashboard_expression_parses_as_promql() {
     // variables replaced by values they can take.
     let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
     let mut count = 0;
-    for file in DASHBOARDS {
-        for panel in panels(&dashboard(file)) {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let expr = target["expr"]
-                    .as_str()
-                    .unwrap()
-                    .replace("$__rate_interval", "1m")
-                    .replace("$__range", "6h")
-                    .replace("$instance", ".+");
-                count += 1;
-                rules.push_str(&format!(
-                    "      - record: dashboard:expr_{count}\n        expr: {}\n",
-                    serde_json::to_string(&expr).unwrap()
-                ));
-            }
-        }
+    for query in dashboard_queries() {
+        count += 1;
+        rules.push_str(&format!(
+            "      - record: dashboard:expr_{count}\n        expr: {}\n",
+            serde_json::to_string(&query.promql).unwrap()
+        ));
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("dashboards.yml"), rules).unwrap();

@@ -46,7 +46,7 @@ use std::{
 use futures::StreamExt;
 use serde_json::Value;
 
-use common::{Running, logged_base_url, mint_token, panels, spawn};
+use common::{Running, dashboard_queries, logged_base_url, mint_token, spawn};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -625,46 +625,10 @@ struct Expression {
 
 /// Every panel target of every dashboard, with Grafana's variables replaced by values they can take.
 fn dashboard_expressions() -> Vec<Expression> {
-    let mut expressions = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("grafana/dashboards"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    for path in files {
-        let file = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        // `$__range` is the time range the dashboard opens with (`now-6h` -> `6h`).
-        let range = dashboard["time"]["from"]
-            .as_str()
-            .and_then(|from| from.strip_prefix("now-"))
-            .unwrap_or_else(|| panic!("{file}: the default time range is not `now-<duration>`: {}", dashboard["time"]));
-        for panel in panels(&dashboard) {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let promql = target["expr"]
-                    .as_str()
-                    .unwrap()
-                    .replace("${instance}", ".*")
-                    .replace("$instance", ".*")
-                    .replace("$__rate_interval", "1m")
-                    .replace("$__interval", "1m")
-                    .replace("$__range", range);
-                assert!(!promql.contains('$'), "{file}: a Grafana variable this test does not know in {promql:?}");
-                expressions.push(Expression {
-                    kind: Kind::Dashboard,
-                    name: format!(
-                        "{file}: {} [{}]",
-                        panel["title"].as_str().unwrap(),
-                        target["refId"].as_str().unwrap()
-                    ),
-                    promql,
-                    operands: Vec::new(),
-                });
-            }
-        }
-    }
-    expressions
+    dashboard_queries()
+        .into_iter()
+        .map(|query| Expression { kind: Kind::Dashboard, name: query.name, promql: query.promql, operands: Vec::new() })
+        .collect()
 }
 
 /// Every recording rule (checked as it is), then every alert (checked by its operands).

@@ -101,3 +101,53 @@ pub(crate) fn panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
     }
     out
 }
+
+/// One panel target of a dashboard under `grafana/dashboards/`, with Grafana's variables replaced by values they
+/// can take: `$instance` by `.*`, `$__rate_interval` and `$__interval` by `1m`, `$__range` by the dashboard's
+/// default time range. Any other variable fails the test.
+#[derive(Debug)]
+pub(crate) struct PanelQuery {
+    /// `<dashboard file stem>: <panel title> [<refId>]`.
+    pub(crate) name: String,
+    pub(crate) promql: String,
+}
+
+/// Every panel target of every dashboard, in file order.
+pub(crate) fn dashboard_queries() -> Vec<PanelQuery> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../grafana/dashboards");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("grafana/dashboards")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut queries = Vec::new();
+    for path in files {
+        let file = path.file_stem().expect("a file name").to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).expect("a readable dashboard");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
+        // `$__range` is the time range the dashboard opens with (`now-6h` -> `6h`).
+        let range = dashboard["time"]["from"]
+            .as_str()
+            .and_then(|from| from.strip_prefix("now-"))
+            .unwrap_or_else(|| panic!("{file}: the default time range is not `now-<duration>`: {}", dashboard["time"]));
+        for panel in panels(&dashboard) {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let promql = target["expr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{file}: a target without expr: {target}"))
+                    .replace("${instance}", ".*")
+                    .replace("$instance", ".*")
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__interval", "1m")
+                    .replace("$__range", range);
+                assert!(!promql.contains('$'), "{file}: a Grafana variable this test does not know in {promql:?}");
+                let title = panel["title"].as_str().unwrap_or_default();
+                let name = format!("{file}: {title} [{}]", target["refId"].as_str().unwrap_or_default());
+                queries.push(PanelQuery { name, promql });
+            }
+        }
+    }
+    queries
+}
