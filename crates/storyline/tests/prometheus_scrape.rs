@@ -16,11 +16,10 @@
 //!   the offset the operand reads the same series through the same labels and matching. The whole condition is
 //!   still evaluated (it must parse), and whether it holds right now is printed.
 //!
-//! An expression may return no data only when every series it reads that has no samples is listed, with its
-//! reason, in [`NOT_YET_EMITTED`] (the service does not export the metric yet) or [`EMPTY_WHEN_HEALTHY`] (a
-//! series that only exists after a fault). Both lists are exact: an entry that has data, or that explains no
-//! expression, fails the test. The test prints a table of every expression and what it returned (see it with
-//! `cargo test -p storyline --test prometheus_scrape -- --nocapture`).
+//! No expression may be empty. When one is, the failure names the series it reads that have no samples (following
+//! recording rules to their inputs): a metric the service does not export, or a series that only appears after a
+//! fault (register such counters at 0 at start). The test prints a table of every expression and what it
+//! returned (see it with `cargo test -p storyline --test prometheus_scrape -- --nocapture`).
 //!
 //! Nothing here uses a fixed port: the service and the probe bind port 0 and log their address; Prometheus gets a
 //! port found free (and another if it loses the race for it). Every wait is a poll with a deadline, and every
@@ -61,25 +60,6 @@ const FORGED: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.Zm9yZ2VkLXNpZ
 /// (`interval: 15s`).
 const DATA_DEADLINE: Duration = Duration::from_secs(40);
 
-/// Metrics that dashboards and rules read but the service does not export yet (issue 5 adds them), by series
-/// name as the expressions spell it (`_bucket`, `_count` for histograms). An expression may be empty because of
-/// one of these. Exact: a listed metric with data fails the test, so that the list empties as the metrics land.
-const NOT_YET_EMITTED: &[&str] = &[];
-
-/// A selector that has no series on a healthy service: counters created by the first fault rather than
-/// registered at 0 at start.
-#[derive(Debug)]
-struct EmptyWhenHealthy {
-    metric: &'static str,
-    /// A label matcher the selector carries (as written in the expression), or "" for any selector of `metric`.
-    matcher: &'static str,
-    why: &'static str,
-}
-
-/// Exact, like [`NOT_YET_EMITTED`]: an entry that has data (a fault under the healthy load) or that explains no
-/// empty expression fails the test.
-const EMPTY_WHEN_HEALTHY: &[EmptyWhenHealthy] = &[];
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -100,13 +80,13 @@ async fn prometheus_scraping_the_service_under_load_gets_data_for_every_dashboar
     let records: BTreeMap<String, String> =
         rules.iter().filter(|r| r.kind == RuleKind::Recording).map(|r| (r.name.clone(), r.query.clone())).collect();
 
-    // Act: evaluate everything once a second until each expression has data or a listed reason not to, every
+    // Act: evaluate everything once a second until each expression has data, every
     // rule has been evaluated, or the deadline passes.
     let until = Instant::now() + DATA_DEADLINE;
     let (rows, rules) = loop {
         let rules = prometheus.rules().await;
         let rows = prometheus.evaluate(&expressions, &records).await;
-        let settled = rows.iter().all(|row| row.outcome.is_accepted())
+        let settled = rows.iter().all(|row| matches!(row.outcome, Outcome::Data(_)))
             && rules.iter().all(|rule| rule.health == "ok" || rule.health == "err");
         let invalid = rows.iter().any(|row| matches!(row.outcome, Outcome::Invalid(_)));
         if settled || invalid || Instant::now() >= until {
@@ -114,7 +94,6 @@ async fn prometheus_scraping_the_service_under_load_gets_data_for_every_dashboar
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let presence = prometheus.list_presence().await;
     let _ = stop_load.send(());
     let load = load.await.unwrap();
     println!("{}", report(&rows, &rules, &load, started.elapsed()));
@@ -144,28 +123,12 @@ async fn prometheus_scraping_the_service_under_load_gets_data_for_every_dashboar
         .map(|rule| format!("{} {}: health {} {}", rule.kind.as_str(), rule.name, rule.health, rule.last_error))
         .collect();
     assert!(unhealthy.is_empty(), "rules that failed or were never evaluated:\n{}", unhealthy.join("\n"));
-    let unexplained: Vec<String> = rows
+    let empty: Vec<String> = rows
         .iter()
-        .filter(|row| !row.outcome.is_accepted())
+        .filter(|row| !matches!(row.outcome, Outcome::Data(_)))
         .map(|row| format!("{}: {}\n    {}", row.expression.name, row.outcome.describe(), row.expression.promql))
         .collect();
-    assert!(
-        unexplained.is_empty(),
-        "expressions without data, and no listed reason (NOT_YET_EMITTED, EMPTY_WHEN_HEALTHY) for it:\n{}",
-        unexplained.join("\n")
-    );
-    for (entry, has_data) in &presence {
-        assert!(
-            !has_data,
-            "{entry} has data now: remove it from {}",
-            if NOT_YET_EMITTED.contains(&entry.as_str()) { "NOT_YET_EMITTED" } else { "EMPTY_WHEN_HEALTHY" }
-        );
-    }
-    let explaining: BTreeSet<String> =
-        rows.iter().flat_map(|row| row.outcome.missing().iter().filter_map(|s| list_entry(s))).collect();
-    for entry in presence.keys() {
-        assert!(explaining.contains(entry), "{entry} explains no empty expression: remove it from its list");
-    }
+    assert!(empty.is_empty(), "expressions without data:\n{}", empty.join("\n"));
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -405,23 +368,6 @@ impl Prometheus {
                 }
             }
         }
-    }
-
-    /// Whether each entry of [`NOT_YET_EMITTED`] and [`EMPTY_WHEN_HEALTHY`] has data, by its name in the lists.
-    async fn list_presence(&self) -> BTreeMap<String, bool> {
-        let mut presence = BTreeMap::new();
-        for metric in NOT_YET_EMITTED {
-            presence.insert((*metric).to_owned(), self.has_series(&format!("{{__name__=\"{metric}\"}}")).await);
-        }
-        for entry in EMPTY_WHEN_HEALTHY {
-            let selector = if entry.matcher.is_empty() {
-                entry.metric.to_owned()
-            } else {
-                format!("{}{{{}}}", entry.metric, entry.matcher)
-            };
-            presence.insert(selector.clone(), self.has_series(&selector).await);
-        }
-        presence
     }
 }
 
@@ -897,26 +843,6 @@ fn metric_name(selector: &str) -> &str {
     selector.split('{').next().unwrap_or(selector)
 }
 
-/// The list entry ([`NOT_YET_EMITTED`] or [`EMPTY_WHEN_HEALTHY`], by the name [`Prometheus::list_presence`] gives
-/// it) that explains why `selector` has no series, if any, and its reason.
-fn listed(selector: &str) -> Option<(String, &'static str)> {
-    let name = metric_name(selector);
-    if let Some(metric) = NOT_YET_EMITTED.iter().find(|metric| **metric == name) {
-        return Some(((*metric).to_owned(), "not emitted by the service yet"));
-    }
-    let entry = EMPTY_WHEN_HEALTHY.iter().find(|entry| entry.metric == name && selector.contains(entry.matcher))?;
-    let key = if entry.matcher.is_empty() {
-        entry.metric.to_owned()
-    } else {
-        format!("{}{{{}}}", entry.metric, entry.matcher)
-    };
-    Some((key, entry.why))
-}
-
-fn list_entry(selector: &str) -> Option<String> {
-    listed(selector).map(|(entry, _)| entry)
-}
-
 fn sample_value(sample: Option<&Value>) -> String {
     sample.and_then(|s| s["value"][1].as_str()).unwrap_or("-").to_owned()
 }
@@ -942,22 +868,6 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn missing(&self) -> &[String] {
-        match self {
-            Self::Empty { missing } => missing,
-            _ => &[],
-        }
-    }
-
-    /// Data, or empty for reasons that are all listed.
-    fn is_accepted(&self) -> bool {
-        match self {
-            Self::Invalid(_) => false,
-            Self::Data(_) => true,
-            Self::Empty { missing } => !missing.is_empty() && missing.iter().all(|s| list_entry(s).is_some()),
-        }
-    }
-
     fn describe(&self) -> String {
         match self {
             Self::Invalid(error) => format!("invalid: {error}"),
@@ -965,16 +875,7 @@ impl Outcome {
             Self::Empty { missing } if missing.is_empty() => {
                 "no data, though every series it reads exists (label matching? too few samples?)".to_owned()
             }
-            Self::Empty { missing } => {
-                let reasons: Vec<String> = missing
-                    .iter()
-                    .map(|selector| {
-                        let why = listed(selector).map_or("UNEXPECTED: not listed", |(_, why)| why);
-                        format!("no series {selector} ({why})")
-                    })
-                    .collect();
-                reasons.join("; ")
-            }
+            Self::Empty { missing } => format!("no data: no series {}", missing.join(", ")),
         }
     }
 }
@@ -983,25 +884,18 @@ impl Outcome {
 fn report(rows: &[Row], rules: &[Rule], load: &Load, elapsed: Duration) -> String {
     let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|row| f(row)).count();
     let data = count(&|row| matches!(row.outcome, Outcome::Data(_)));
-    let mut by_entry: BTreeMap<String, usize> = BTreeMap::new();
-    for row in rows.iter().filter(|row| row.outcome.is_accepted()) {
-        let entries: BTreeSet<String> = row.outcome.missing().iter().filter_map(|s| list_entry(s)).collect();
-        for entry in entries {
-            *by_entry.entry(entry).or_default() += 1;
-        }
-    }
     let mut out = String::new();
     writeln!(
         out,
         "\nprometheus_scrape: {} expressions ({} dashboard targets, {} recording rules, {} alerts): {data} return \
-         data, {} empty for a listed reason, {} fail; {} rules healthy. Load: {} events published, {:?} delivered, \
+         data, {} empty, {} invalid; {} rules healthy. Load: {} events published, {:?} delivered, \
          {} resumes, {} refused requests. {:.1} s.",
         rows.len(),
         count(&|row| row.expression.kind == Kind::Dashboard),
         count(&|row| row.expression.kind == Kind::Record),
         count(&|row| row.expression.kind == Kind::Alert),
-        count(&|row| matches!(row.outcome, Outcome::Empty { .. }) && row.outcome.is_accepted()),
-        count(&|row| !row.outcome.is_accepted()),
+        count(&|row| matches!(row.outcome, Outcome::Empty { .. })),
+        count(&|row| matches!(row.outcome, Outcome::Invalid(_))),
         rules.iter().filter(|rule| rule.health == "ok").count(),
         load.published,
         load.delivered,
@@ -1010,15 +904,12 @@ fn report(rows: &[Row], rules: &[Rule], load: &Load, elapsed: Duration) -> Strin
         elapsed.as_secs_f64(),
     )
     .unwrap();
-    for (entry, expressions) in &by_entry {
-        writeln!(out, "  empty because of {entry}: {expressions} expressions").unwrap();
-    }
     let width = rows.iter().map(|row| row.expression.name.len()).max().unwrap_or(0);
     for row in rows {
         let mark = match &row.outcome {
             Outcome::Data(_) => "data ",
-            outcome if outcome.is_accepted() => "empty",
-            _ => "FAIL ",
+            Outcome::Empty { .. } => "EMPTY",
+            Outcome::Invalid(_) => "FAIL ",
         };
         writeln!(out, "  {mark}  {:<width$}  {}", row.expression.name, row.outcome.describe()).unwrap();
     }
