@@ -61,21 +61,11 @@ pub(crate) struct FeedShared {
     observer: Arc<dyn Observer>,
     window: RwLock<Window>,
     changed: Notify,
-    /// Subscriptions of this story on this instance.
-    subscribers: std::sync::atomic::AtomicUsize,
 }
 
 impl FeedShared {
     pub(crate) fn new(story: StoryId, broker: Arc<dyn Broker>, config: HubConfig, observer: Arc<dyn Observer>) -> Self {
-        Self {
-            story,
-            broker,
-            config,
-            observer,
-            window: RwLock::default(),
-            changed: Notify::new(),
-            subscribers: std::sync::atomic::AtomicUsize::new(0),
-        }
+        Self { story, broker, config, observer, window: RwLock::default(), changed: Notify::new() }
     }
 
     /// Encodes an event once, with the meters every delivery of it records.
@@ -83,15 +73,15 @@ impl FeedShared {
         EventFrame::new(event, self.observer.event_meters(&self.story, &event.event_type))
     }
 
-    /// Encodes a live event once for every subscriber, and starts tracing its fan-out.
-    fn encode_live(&self, event: &StoredEvent) -> Arc<EventFrame> {
+    /// Encodes a live event once for the story's `subscribers`, and starts tracing its fan-out.
+    fn encode_live(&self, event: &StoredEvent, subscribers: usize) -> Arc<EventFrame> {
         let frame = self.encode(event);
         let span = self.observer.fan_out_span(event);
         // Nothing to trace (no exporter): no per-delivery bookkeeping either.
         if span.is_none() {
             return Arc::new(frame);
         }
-        Arc::new(frame.with_fan_out(span, self.subscribers.load(std::sync::atomic::Ordering::Relaxed)))
+        Arc::new(frame.with_fan_out(span, subscribers))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Window> {
@@ -144,8 +134,9 @@ impl Drop for Feed {
     }
 }
 
-/// Reads the story once for every local subscriber: from its newest event on, encoding each event once.
-pub(crate) async fn upstream(shared: Arc<FeedShared>) {
+/// Reads the story once for every local subscriber: from its newest event on, encoding each event once. `feed`
+/// is held by the story's subscriptions (one strong reference each), so it counts them.
+pub(crate) async fn upstream(shared: Arc<FeedShared>, feed: Weak<Feed>) {
     let story = shared.story.clone();
     let broker = Arc::clone(&shared.broker);
     let mut backoff = BACKOFF_MIN;
@@ -169,7 +160,7 @@ pub(crate) async fn upstream(shared: Arc<FeedShared>) {
                 Ok(TailItem::Event(event)) => {
                     backoff = BACKOFF_MIN;
                     cursor = event.id;
-                    shared.push(Entry::Frame(shared.encode_live(&event)));
+                    shared.push(Entry::Frame(shared.encode_live(&event, feed.strong_count())));
                 }
                 Ok(TailItem::Gap(gap)) => shared.push(Entry::Gap(gap)),
                 Err(e) => {
@@ -210,7 +201,6 @@ enum Fill {
 
 impl Subscription {
     pub(crate) fn new(feed: Arc<Feed>, after: EventId, resuming: bool) -> Self {
-        feed.shared.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self { feed, reader: Reader { cursor: after, pending: VecDeque::new(), resuming } }
     }
 
@@ -243,12 +233,6 @@ impl Subscription {
                 }
             }
         }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.feed.shared.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

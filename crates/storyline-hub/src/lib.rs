@@ -289,9 +289,11 @@ impl Hub {
                         self.inner.config,
                         Arc::clone(&self.inner.observer),
                     ));
-                    let upstream = tokio::spawn(feed::upstream(Arc::clone(&shared)));
                     self.inner.upstream_starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let feed = Arc::new(Feed::new(shared, upstream.abort_handle(), Arc::downgrade(&self.inner)));
+                    let feed = Arc::new_cyclic(|feed| {
+                        let upstream = tokio::spawn(feed::upstream(Arc::clone(&shared), feed.clone()));
+                        Feed::new(shared, upstream.abort_handle(), Arc::downgrade(&self.inner))
+                    });
                     feeds.insert(story.clone(), Arc::downgrade(&feed));
                     feed
                 }
