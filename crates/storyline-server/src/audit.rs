@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `auth_failure` | 401 | [`AuthFailure`] (`missing`, `expired`, `bad_signature`, ...) |
 //! | `access_denied` | 403 | `scope` (token lacks the scope), `ip` (allow/deny lists) |
-//! | `rate_limited` | 429, and 503 `at-capacity` | the limit (`publish_rate_per_sub`, ..., `max_streams`) |
+//! | `rate_limited` | 429, and 503 `at-capacity` | the limit (`publish_rate_per_sub`, ..., `max_streams`, `stream_admissions`) |
 //! | `admin_action` | any request by an `admin`-tier principal | `read` or `write` |
 //!
 //! Each event carries the client IP, method, route template and status, and the token's `sub` when it names one
@@ -57,7 +57,7 @@ impl Outcome {
             ApiError::Forbidden(_) => Some(Self::AccessDenied("scope")),
             ApiError::IpDenied => Some(Self::AccessDenied("ip")),
             ApiError::RateLimited { limit, .. } => Some(Self::RateLimited(limit.as_str())),
-            ApiError::AtCapacity { .. } => Some(Self::RateLimited("max_streams")),
+            ApiError::AtCapacity { cap, .. } => Some(Self::RateLimited(cap.as_str())),
             _ => None,
         }
     }

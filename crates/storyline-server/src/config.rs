@@ -34,8 +34,11 @@ pub struct ServerConfig {
     pub broker_timeout: Duration,
     /// Seconds a client is told to wait (`Retry-After`) when the broker is unavailable.
     pub retry_after_secs: u32,
-    /// How long in-flight requests get to finish at shutdown (streams end at once, at a frame boundary).
+    /// After the drain window, how long in-flight requests get to finish before the server stops.
     pub shutdown_grace: Duration,
+    /// At shutdown, open streams end spread over this window (each at a random moment, with a jittered `retry:`
+    /// hint) while the instance keeps answering other requests; zero ends them all at once.
+    pub drain_window: Duration,
     /// Worker threads; `None` means one per physical core.
     pub workers: Option<usize>,
     /// A stream whose socket has not drained for this long is disconnected (reason `slow_consumer`); the
@@ -79,6 +82,7 @@ impl ServerConfig {
             broker_timeout: Duration::from_secs(3),
             retry_after_secs: 2,
             shutdown_grace: Duration::from_secs(10),
+            drain_window: Duration::from_secs(10),
             workers: None,
             slow_consumer_timeout: Duration::from_secs(30),
             max_streams: None,

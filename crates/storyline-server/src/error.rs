@@ -63,11 +63,29 @@ pub enum ApiError {
     #[error("requests from this address are not accepted")]
     IpDenied,
     #[error("this instance has no room for another stream; retry later (another instance may have room)")]
-    AtCapacity { retry_after_secs: u32 },
+    AtCapacity { cap: Capacity, retry_after_secs: u32 },
     #[error("this instance is shutting down; retry later (another instance will answer)")]
     Draining { retry_after_secs: u32 },
     #[error("internal error")]
     Internal(String),
+}
+
+/// Which of the instance's capacities a new stream found used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// The streams it holds open at once (`max_streams`).
+    MaxStreams,
+    /// The new streams it admits per second (`stream_admissions_per_sec`).
+    Admissions,
+}
+
+impl Capacity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxStreams => "max_streams",
+            Self::Admissions => "stream_admissions",
+        }
+    }
 }
 
 fn limit_text(limit: crate::limits::Limit) -> &'static str {
@@ -191,7 +209,7 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"storyline\""));
             }
             Self::Unavailable { retry_after_secs, .. }
-            | Self::AtCapacity { retry_after_secs }
+            | Self::AtCapacity { retry_after_secs, .. }
             | Self::RateLimited { retry_after_secs, .. }
             | Self::Draining { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));

@@ -2,7 +2,11 @@
 //!
 //! - Publishes per principal (`sub`), with a rate per tier, and per story (one hot story cannot take the broker for
 //!   itself, whoever writes to it).
-//! - New streams per client IP (reconnect storms, scrapers), and streams open at once per principal.
+//! - New streams per client IP (scrapers, one client's reconnect loop), and streams open at once per principal.
+//! - New streams per second for the whole instance (admission): when thousands of readers reconnect at once (an
+//!   instance died, a deploy, a network blip), the instance admits them at a steady rate and tells the rest when
+//!   to come back, spreading them over as many seconds as the backlog needs, instead of spending every core on
+//!   stream setup while publishers wait.
 //!
 //! Rates use governor's GCRA (keyed, lock-free), with a burst of one second's worth. Keyed state is pruned of idle
 //! keys every [`HOUSEKEEPING_PERIOD`], so memory follows the active keys, not every key ever seen.
@@ -11,19 +15,22 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     num::NonZeroU32,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
 use storyline_core::StoryId;
 
 use crate::{
     auth::{Principal, Tier},
-    error::ApiError,
+    error::{ApiError, Capacity},
 };
 
 /// How often idle keys are dropped from the rate limiters.
@@ -58,6 +65,8 @@ pub struct LimitsConfig {
     pub publish_per_story: u32,
     /// New streams per second from one client IP.
     pub stream_opens_per_ip: u32,
+    /// New streams per second the instance admits from everyone together.
+    pub stream_admissions_per_sec: u32,
     /// Streams one principal may hold open at once (anonymous guests: per client IP).
     pub streams_per_principal: u32,
 }
@@ -68,6 +77,7 @@ impl Default for LimitsConfig {
             publish_per_sub: TierRates { guest: 1, member: 10, agent: 100, admin: 1_000 },
             publish_per_story: 500,
             stream_opens_per_ip: 50,
+            stream_admissions_per_sec: 1_000,
             streams_per_principal: 64,
         }
     }
@@ -80,6 +90,7 @@ impl LimitsConfig {
             publish_per_sub: TierRates { guest: 0, member: 0, agent: 0, admin: 0 },
             publish_per_story: 0,
             stream_opens_per_ip: 0,
+            stream_admissions_per_sec: 0,
             streams_per_principal: 0,
         }
     }
@@ -117,6 +128,7 @@ pub(crate) struct Limits {
     per_sub: [Option<DefaultKeyedRateLimiter<String>>; 4],
     per_story: Option<DefaultKeyedRateLimiter<StoryId>>,
     opens_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    admission: Option<Admission>,
     /// Streams open per principal; an entry exists only while its count is above zero.
     open_by_principal: Mutex<HashMap<Arc<str>, u32>>,
 }
@@ -134,6 +146,7 @@ impl Limits {
             per_sub: [rates.guest, rates.member, rates.agent, rates.admin].map(limiter),
             per_story: limiter(config.publish_per_story),
             opens_per_ip: limiter(config.stream_opens_per_ip),
+            admission: NonZeroU32::new(config.stream_admissions_per_sec).map(Admission::new),
             open_by_principal: Mutex::new(HashMap::new()),
             config,
         }
@@ -170,6 +183,17 @@ impl Limits {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 rejected(Limit::StreamOpensPerIp, self.config.stream_opens_per_ip, wait)
             }),
+            None => Ok(()),
+        }
+    }
+
+    /// Does the instance admit another new stream this second? Past the admission rate: 503 `at-capacity` with a
+    /// `Retry-After` spread over the backlog (see [`Admission`]).
+    pub(crate) fn admit_stream(&self) -> Result<(), ApiError> {
+        match &self.admission {
+            Some(admission) => admission
+                .admit()
+                .map_err(|retry_after_secs| ApiError::AtCapacity { cap: Capacity::Admissions, retry_after_secs }),
             None => Ok(()),
         }
     }
@@ -214,6 +238,49 @@ impl Limits {
         self.per_sub.iter().flatten().for_each(prune);
         self.per_story.iter().for_each(prune);
         self.opens_per_ip.iter().for_each(prune);
+    }
+}
+
+/// The instance-wide admission of new streams: a GCRA rate (burst: one second's worth), and, for the refused,
+/// a `Retry-After` drawn at random from 1 up to the number of seconds the refusals of the current second would
+/// take to admit. The first refusals of a burst are told to come back in a second; once a storm's backlog is
+/// several seconds deep, its readers are spread over that many seconds instead of all coming back together.
+#[derive(Debug)]
+struct Admission {
+    limiter: DefaultDirectRateLimiter,
+    rate: u32,
+    started: Instant,
+    /// The second (since `started`) that `refused` counts.
+    second: AtomicU64,
+    refused: AtomicU32,
+}
+
+/// The longest `Retry-After` the admission hands out, seconds.
+const MAX_ADMISSION_WAIT_SECS: u32 = 60;
+
+impl Admission {
+    fn new(rate: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+            rate: rate.get(),
+            started: Instant::now(),
+            second: AtomicU64::new(0),
+            refused: AtomicU32::new(0),
+        }
+    }
+
+    /// `Ok` to admit, or the seconds to tell the refused client to wait.
+    fn admit(&self) -> Result<(), u32> {
+        if self.limiter.check().is_ok() {
+            return Ok(());
+        }
+        let now = self.started.elapsed().as_secs();
+        if self.second.swap(now, Ordering::AcqRel) != now {
+            self.refused.store(0, Ordering::Release);
+        }
+        let refused = self.refused.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let backlog_secs = (refused / self.rate).min(MAX_ADMISSION_WAIT_SECS - 1);
+        Err(1 + fastrand::u32(0..=backlog_secs))
     }
 }
 
@@ -275,6 +342,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(limits.check_stream_open([10, 0, 0, 2].into()).is_ok(), "per IP");
+    }
+
+    #[test]
+    fn the_instance_admits_new_streams_at_its_rate_and_spreads_the_refused_over_the_backlog() {
+        let limits = Limits::new(LimitsConfig { stream_admissions_per_sec: 10, ..LimitsConfig::unlimited() });
+        let admitted = (0..10).filter(|_| limits.admit_stream().is_ok()).count();
+        assert_eq!(admitted, 10, "a burst of one second's worth");
+        let waits: Vec<u32> = (0..50)
+            .map(|_| match limits.admit_stream() {
+                Err(ApiError::AtCapacity { cap: Capacity::Admissions, retry_after_secs }) => retry_after_secs,
+                other => panic!("refused with 503 at-capacity, got {other:?}"),
+            })
+            .collect();
+        assert!(waits[..9].iter().all(|w| *w == 1), "the first refusals come back in a second: {waits:?}");
+        assert!(waits.iter().all(|w| (1..=6).contains(w)), "never longer than the backlog: {waits:?}");
+        assert!(waits[40..].iter().any(|w| *w > 1), "a deep backlog is spread: {waits:?}");
+        assert_eq!(status(Limits::new(LimitsConfig::unlimited()).admit_stream()), 200, "0 means unlimited");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    sync::Arc,
-    time::Instant,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use actix_cors::Cors;
@@ -19,7 +22,7 @@ use actix_web::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use storyline_core::Broker;
 use storyline_hub::{Hub, HubConfig};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,8 +47,6 @@ pub struct AppState {
     /// The one signal every open stream listens to besides its story: the process-wide heartbeat tick and the
     /// drain (no timer per stream, and one wait per stream rather than two).
     pub(crate) signals: watch::Receiver<StreamSignal>,
-    /// Streams open now, against `config.max_streams`.
-    pub(crate) open_streams: std::sync::atomic::AtomicUsize,
     /// Rate and per-principal limits.
     pub(crate) limits: Limits,
     /// Story namespaces and event types as metric labels, capped.
@@ -54,22 +55,87 @@ pub struct AppState {
     pub(crate) metrics: PrometheusHandle,
 }
 
-/// The drain signal: once triggered, readiness fails, new streams are refused and open streams end at the next
-/// frame boundary.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown(CancellationToken);
+/// The drain: once triggered, readiness fails and new streams are refused at once, while the open streams end
+/// spread over the drain window (each at its own moment, with a jittered `retry:` hint), so that a rolling
+/// deploy does not send every reader of an instance to the others in the same second. It also counts the open
+/// streams, which is what [`stop`] waits for before it stops the HTTP server.
+#[derive(Debug, Clone)]
+pub struct Shutdown(Arc<Drain>);
+
+#[derive(Debug)]
+struct Drain {
+    token: CancellationToken,
+    window: Duration,
+    /// Streams open now (against `config.max_streams`).
+    open_streams: AtomicUsize,
+    /// Notified whenever a stream closes while draining.
+    stream_closed: Notify,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new(Duration::ZERO)
+    }
+}
 
 impl Shutdown {
+    /// A drain that ends the open streams over `window`.
+    pub fn new(window: Duration) -> Self {
+        Self(Arc::new(Drain {
+            token: CancellationToken::new(),
+            window,
+            open_streams: AtomicUsize::new(0),
+            stream_closed: Notify::new(),
+        }))
+    }
+
     pub fn trigger(&self) {
-        self.0.cancel();
+        self.0.token.cancel();
     }
 
     pub fn is_draining(&self) -> bool {
-        self.0.is_cancelled()
+        self.0.token.is_cancelled()
     }
 
     pub async fn drained(&self) {
-        self.0.cancelled().await;
+        self.0.token.cancelled().await;
+    }
+
+    /// The time over which open streams are ended once the drain starts.
+    pub fn window(&self) -> Duration {
+        self.0.window
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.0.open_streams.load(Ordering::Acquire)
+    }
+
+    /// Takes a stream place if fewer than `max` are open.
+    pub(crate) fn try_open_stream(&self, max: usize) -> bool {
+        self.0
+            .open_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1))
+            .is_ok()
+    }
+
+    pub(crate) fn stream_closed(&self) {
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+        self.0.stream_closed.notify_waiters();
+    }
+
+    /// Waits until no stream is open, or `limit` has passed.
+    pub async fn streams_closed(&self, limit: Duration) {
+        let all_closed = async {
+            loop {
+                let closed = self.0.stream_closed.notified();
+                if self.open_streams() == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_closed).await;
     }
 }
 
@@ -101,7 +167,7 @@ impl Application {
     /// caller decides when to [`Application::stop`].
     pub fn build(config: ServerConfig, broker: Arc<dyn Broker>, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let shutdown = Shutdown::default();
+        let shutdown = Shutdown::new(config.drain_window);
         let mut keys = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
         if let Some(previous) = &config.jwt_previous_secret {
             keys = keys.with_previous_secret(previous);
@@ -131,7 +197,6 @@ impl Application {
             shutdown: shutdown.clone(),
             hub,
             signals,
-            open_streams: std::sync::atomic::AtomicUsize::new(0),
             limits: Limits::new(config.limits),
             event_labels,
             hub_meters,
@@ -213,9 +278,17 @@ fn runtime() -> std::io::Result<tokio::runtime::Handle> {
         .map_err(|e| std::io::Error::other(format!("Application::build needs a tokio runtime: {e}")))
 }
 
-/// Graceful stop: drain streams, refuse new work, let in-flight requests finish within the grace period.
+/// Streams still open this long after the drain window (a reader that is not reading, a frame being written) do
+/// not hold the stop back any further: the server's own shutdown timeout ends them.
+const DRAIN_SLACK: Duration = Duration::from_secs(1);
+
+/// Graceful stop: readiness fails and new streams are refused at once; open streams end spread over the drain
+/// window while the server keeps answering (in-flight and new POSTs, history, probes: a load balancer takes a
+/// moment to notice readiness); then the server stops accepting connections and in-flight requests get the
+/// shutdown grace period to finish.
 pub async fn stop(shutdown: &Shutdown, handle: &ServerHandle) {
     shutdown.trigger();
+    shutdown.streams_closed(shutdown.window() + DRAIN_SLACK).await;
     handle.stop(true).await;
 }
 
@@ -224,30 +297,57 @@ pub async fn stop(shutdown: &Shutdown, handle: &ServerHandle) {
 pub(crate) enum StreamSignal {
     /// The n-th heartbeat period passed: write a keep-alive comment.
     Tick(u64),
-    /// The server drains: end the stream at the next frame boundary.
-    Drain,
+    /// The server drains, and this share of the drain window (in thousandths) has passed: a stream whose own
+    /// moment ([`drain_moment`]) is at or below it ends, at the next frame boundary.
+    Drain(u16),
 }
 
-/// Starts the shared stream signal: one task ticking a watch channel that every open stream listens to, and
-/// turning it to [`StreamSignal::Drain`] when the shutdown is triggered (then it ends, and the closed channel
-/// means drain too). It also stops when the last receiver (the app state) is dropped.
-fn stream_signals(period: std::time::Duration, shutdown: Shutdown) -> std::io::Result<watch::Receiver<StreamSignal>> {
+/// The end of the drain window, in [`StreamSignal::Drain`]'s thousandths.
+pub(crate) const DRAIN_COMPLETE: u16 = 1000;
+
+/// A stream's moment within the drain window, drawn at random when it opens: streams end spread evenly over it.
+pub(crate) fn drain_moment() -> u16 {
+    fastrand::u16(1..=DRAIN_COMPLETE)
+}
+
+/// How often the drain's progress is published: streams end in this many waves over the window.
+const DRAIN_STEPS: u32 = 100;
+
+/// Starts the shared stream signal: one task ticking a watch channel that every open stream listens to. Once the
+/// shutdown is triggered it also publishes the drain's progress through the window ([`StreamSignal::Drain`],
+/// heartbeats continuing for the streams still open), then ends (and the closed channel means the drain is
+/// complete). It also stops when the last receiver (the app state) is dropped.
+fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch::Receiver<StreamSignal>> {
     let runtime = runtime()?;
     let (tx, rx) = watch::channel(StreamSignal::Tick(0));
     runtime.spawn(async move {
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await; // the first tick is immediate; streams start with their retry: frame instead
+        let mut heartbeat = tokio::time::interval(period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await; // the first tick is immediate; streams start with their retry: frame instead
         let mut tick = 0u64;
+        let mut next_tick = move || {
+            tick = tick.wrapping_add(1);
+            StreamSignal::Tick(tick)
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.drained() => break,
+                _ = heartbeat.tick() => if tx.send(next_tick()).is_err() { return },
+            }
+        }
+        let window = shutdown.window();
+        let started = tokio::time::Instant::now();
+        let mut progress = tokio::time::interval((window / DRAIN_STEPS).max(Duration::from_millis(1)));
         loop {
             let signal = tokio::select! {
-                () = shutdown.drained() => StreamSignal::Drain,
-                _ = interval.tick() => {
-                    tick = tick.wrapping_add(1);
-                    StreamSignal::Tick(tick)
+                _ = progress.tick() => {
+                    let share = started.elapsed().as_micros().saturating_mul(u128::from(DRAIN_COMPLETE))
+                        / window.as_micros().max(1);
+                    StreamSignal::Drain(u16::try_from(share).unwrap_or(DRAIN_COMPLETE).min(DRAIN_COMPLETE))
                 }
+                _ = heartbeat.tick() => next_tick(),
             };
-            if tx.send(signal).is_err() || signal == StreamSignal::Drain {
+            if tx.send(signal).is_err() || signal == StreamSignal::Drain(DRAIN_COMPLETE) {
                 return;
             }
         }

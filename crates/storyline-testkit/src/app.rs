@@ -24,6 +24,8 @@ pub fn test_config() -> ServerConfig {
         retry_base: Duration::from_millis(1_000),
         broker_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(5),
+        // Streams end at once when a test stops its app; the drain tests set a window.
+        drain_window: Duration::ZERO,
         workers: Some(1),
         // Tests measure behaviour, not the limits; the limit tests set their own.
         limits: LimitsConfig::unlimited(),

@@ -66,8 +66,10 @@ pub(crate) struct Settings {
     pub(crate) retry_ms: u64,
     /// Upper bound on one broker call during a request, milliseconds (past it: 503).
     pub(crate) broker_timeout_ms: u64,
-    /// Grace period for in-flight requests at shutdown, seconds.
+    /// Grace period for in-flight requests at shutdown, after the drain window, seconds.
     pub(crate) shutdown_grace_secs: u64,
+    /// At shutdown, open streams end spread over this many seconds; 0 = all at once.
+    pub(crate) drain_window_secs: u64,
     /// HTTP worker threads; 0 means one per physical core.
     pub(crate) workers: usize,
     /// Seconds a stream's socket may go without draining before the stream is disconnected (slow consumer).
@@ -88,6 +90,8 @@ pub(crate) struct Settings {
     pub(crate) publish_rate_per_story: u32,
     /// New streams per second from one client IP; 0 = no limit.
     pub(crate) stream_opens_per_ip: u32,
+    /// New streams per second this instance admits, from everyone together; 0 = no limit.
+    pub(crate) stream_admissions_per_sec: u32,
     /// Streams one principal may hold open at once (anonymous guests: per IP); 0 = no limit.
     pub(crate) streams_per_principal: u32,
     /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed.
@@ -142,6 +146,7 @@ impl Default for Settings {
             retry_ms: 2_000,
             broker_timeout_ms: 3_000,
             shutdown_grace_secs: 10,
+            drain_window_secs: 10,
             workers: 0,
             slow_consumer_secs: 30,
             max_streams: 0,
@@ -153,6 +158,7 @@ impl Default for Settings {
             publish_rate_admin: defaults.publish_per_sub.admin,
             publish_rate_per_story: defaults.publish_per_story,
             stream_opens_per_ip: defaults.stream_opens_per_ip,
+            stream_admissions_per_sec: defaults.stream_admissions_per_sec,
             streams_per_principal: defaults.streams_per_principal,
             trusted_proxies: Vec::new(),
             ip_allow: Vec::new(),
@@ -207,6 +213,8 @@ const NUMERIC: &[&str] = &[
     "retry_ms",
     "broker_timeout_ms",
     "shutdown_grace_secs",
+    "drain_window_secs",
+    "stream_admissions_per_sec",
     "workers",
     "slow_consumer_secs",
     "max_streams",
@@ -406,6 +414,7 @@ impl Settings {
             },
             publish_per_story: self.publish_rate_per_story,
             stream_opens_per_ip: self.stream_opens_per_ip,
+            stream_admissions_per_sec: self.stream_admissions_per_sec,
             streams_per_principal: self.streams_per_principal,
         }
     }
@@ -451,6 +460,7 @@ impl Settings {
             body_limit_bytes: self.body_limit_bytes,
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            drain_window: Duration::from_secs(self.drain_window_secs),
             workers: (self.workers > 0).then_some(self.workers),
             slow_consumer_timeout: Duration::from_secs(self.slow_consumer_secs),
             max_streams: NonZeroUsize::new(self.max_streams)
@@ -531,6 +541,8 @@ mod tests {
             ("STORYLINE_BODY_LIMIT_BYTES", "4096"),
             ("STORYLINE_BROKER_TIMEOUT_MS", "777"),
             ("STORYLINE_SHUTDOWN_GRACE_SECS", "3"),
+            ("STORYLINE_DRAIN_WINDOW_SECS", "4"),
+            ("STORYLINE_STREAM_ADMISSIONS_PER_SEC", "9"),
             ("STORYLINE_WORKERS", "3"),
             ("STORYLINE_SLOW_CONSUMER_SECS", "21"),
             ("STORYLINE_MAX_STREAMS", "99"),
@@ -565,6 +577,7 @@ mod tests {
         assert_eq!(c.body_limit_bytes, 4096);
         assert_eq!(c.broker_timeout, Duration::from_millis(777));
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(c.drain_window, Duration::from_secs(4));
         assert_eq!(c.workers, Some(3));
         assert_eq!(c.slow_consumer_timeout, Duration::from_secs(21));
         assert_eq!(c.max_streams.map(NonZeroUsize::get), Some(99));
@@ -579,6 +592,7 @@ mod tests {
                 publish_per_sub: TierRates { guest: 2, member: 3, agent: 4, admin: 0 },
                 publish_per_story: 6,
                 stream_opens_per_ip: 7,
+                stream_admissions_per_sec: 9,
                 streams_per_principal: 8,
             }
         );

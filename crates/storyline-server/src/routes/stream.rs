@@ -15,13 +15,14 @@
 //! is unreachable, at open or later, the stream stays open (heartbeats continue) and resumes after the last
 //! delivered id once the broker is back: browsers' `EventSource` never retries after a non-200 answer, so the
 //! only errors a stream open returns are the client's own (400, 401, 403) and draining (503).
-//! At shutdown every stream ends at a frame boundary. When the token's `exp` passes, the stream ends after an
+//! At shutdown every stream ends at a frame boundary, at its own random moment in the drain window, after a
+//! last jittered `retry:` frame, so that readers reconnect to the other instances spread out, not in one burst. When the token's `exp` passes, the stream ends after an
 //! `event: token-expired` frame; the client resumes with a new token and `Last-Event-ID`.
 
 use std::{
     collections::VecDeque,
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -37,7 +38,7 @@ use crate::{
     meters,
     openapi::GapData,
     slow::{ConnFd, Watch},
-    startup::{AppState, StreamSignal},
+    startup::{self, AppState, StreamSignal},
 };
 
 /// Backoff bounds while the broker is unreachable.
@@ -66,7 +67,7 @@ pub(crate) struct StreamQuery {
         (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks read scope for this story (`forbidden`), or the client address is not allowed (`ip-denied`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many new streams from this client address, or too many open streams for this principal (`rate-limited`); see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The instance is shutting down (`draining`) or already holds its maximum of open streams (`at-capacity`); see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The instance is shutting down (`draining`) or already holds its maximum of open streams or is admitting new streams at its maximum rate, as in a reconnect storm (`at-capacity`); see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
 )]
@@ -86,6 +87,7 @@ pub(crate) async fn stream(
     }
     let ip = crate::network::client_ip(&req);
     state.limits.check_stream_open(ip)?;
+    state.limits.admit_stream()?;
     let slot = StreamSlot::acquire(&state, &principal, ip)?;
     let config = &state.config;
     // Resolve where to start before answering, so "only events appended after the stream opened" means after
@@ -131,6 +133,7 @@ pub(crate) async fn stream(
         expires_at,
         expiry,
         closing: false,
+        drain_at: startup::drain_moment(),
         phase,
         signals: state.signals.clone(),
         story,
@@ -223,6 +226,8 @@ struct Body {
     expiry: Option<Pin<Box<Sleep>>>,
     /// Ends the stream once `preface` is sent.
     closing: bool,
+    /// This stream's moment in the drain window, in thousandths of it (see [`startup::drain_moment`]).
+    drain_at: u16,
     phase: Phase,
     signals: watch::Receiver<StreamSignal>,
     story: StoryId,
@@ -248,14 +253,16 @@ impl StreamSlot {
     /// have room).
     fn acquire(state: &web::Data<AppState>, principal: &Principal, ip: std::net::IpAddr) -> Result<Self, ApiError> {
         let max = state.config.max_streams.map_or(usize::MAX, std::num::NonZeroUsize::get);
-        state
-            .open_streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1))
-            .map_err(|_| ApiError::AtCapacity { retry_after_secs: state.config.retry_after_secs })?;
+        if !state.shutdown.try_open_stream(max) {
+            return Err(ApiError::AtCapacity {
+                cap: crate::error::Capacity::MaxStreams,
+                retry_after_secs: state.config.retry_after_secs,
+            });
+        }
         match state.limits.acquire_stream(principal, ip) {
             Ok(principal) => Ok(Self { state: state.clone(), principal }),
             Err(e) => {
-                state.open_streams.fetch_sub(1, Ordering::AcqRel);
+                state.shutdown.stream_closed();
                 Err(e)
             }
         }
@@ -268,7 +275,7 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.state.open_streams.fetch_sub(1, Ordering::AcqRel);
+        self.state.shutdown.stream_closed();
         if let Some(key) = &self.principal {
             self.state.limits.release_stream(key);
         }
@@ -302,13 +309,14 @@ enum Step {
     Emit(Bytes),
     /// The token expired: send the `token-expired` frame, then end.
     Expired,
-    End,
+    /// This stream's moment in the drain has come: send a fresh `retry:` hint, then end.
+    Drain,
     Again,
 }
 
 impl Body {
-    /// The next chunk of the body, or `None` once the server drains. Frames come whole, so the stream always
-    /// ends at a frame boundary.
+    /// The next chunk of the body, or `None` once its moment in the server's drain has come (after a last
+    /// `retry:` frame). Frames come whole, so the stream always ends at a frame boundary.
     async fn step(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
         // actix asks for more only when the socket drains: that is the progress the sweeper watches.
         if let Some(watch) = &self.watch {
@@ -331,10 +339,11 @@ impl Body {
                             }
                             Step::Emit(Bytes::from_static(HEARTBEAT))
                         }
-                        StreamSignal::Drain => Step::End,
+                        StreamSignal::Drain(share) if share >= self.drain_at => Step::Drain,
+                        StreamSignal::Drain(_) => Step::Again,
                     },
-                    // The signal task ended: the server is draining or gone.
-                    Err(_) => Step::End,
+                    // The signal task ended: the drain window is over, or the server is gone.
+                    Err(_) => Step::Drain,
                 },
                 () = async { if let Some(expiry) = self.expiry.as_mut() { expiry.await } }, if self.expiry.is_some() => {
                     Step::Expired
@@ -343,9 +352,13 @@ impl Body {
             };
             match step {
                 Step::Emit(bytes) => return Some((Ok(bytes), self)),
-                Step::End => {
+                Step::Drain => {
+                    // Come back, to another instance, after a jittered pause: the readers of this instance
+                    // reconnect spread over the drain window and then over this hint.
                     self.open.reason = meters::CloseReason::Shutdown;
-                    return None;
+                    let retry = jittered(self.slot.state().config.retry_base);
+                    self.preface.push_back(Bytes::from(format!("retry: {}\n\n", retry.as_millis())));
+                    self.closing = true;
                 }
                 Step::Expired => {
                     self.open.reason = meters::CloseReason::TokenExpired;

@@ -22,6 +22,7 @@ both_brokers!(
     a_dropped_reader_resumes_exactly_where_it_left_off,
     idle_streams_receive_heartbeat_comments,
     shutdown_ends_open_streams_cleanly,
+    a_drain_ends_streams_one_by_one_over_its_window_while_the_instance_keeps_serving,
     streams_of_different_stories_are_independent,
     a_reader_that_stops_reading_while_retention_trims_gets_a_gap_frame_never_a_silent_hole,
     an_empty_resume_id_means_no_resume_id,
@@ -258,11 +259,68 @@ async fn shutdown_ends_open_streams_cleanly(kind: Kind) {
     stopping.await.unwrap();
     let rest = stream.until_end(FRAME).await;
     assert!(rest.iter().all(|f| !f.is_event()), "no further events: {rest:?}");
+    assert!(rest.last().is_some_and(|f| f.retry.is_some()), "the last frame is a fresh retry hint: {rest:?}");
     assert!(stream.raw.ends_with(b"\n\n"), "the stream ended at a frame boundary");
     let refused = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).send().await.unwrap();
     assert!(refused.headers().get("retry-after").is_some(), "draining says when to come back");
     let problem = assert_problem(refused, 503, "new stream while draining").await;
     assert_eq!(problem["type"], "urn:storyline:problem:draining", "not reported as a broker outage");
+    app.stop().await;
+}
+
+/// A rolling deploy: the drain must not send every reader to the other instances in the same instant. Streams
+/// end one by one through the window, each after a jittered `retry:` frame, while readiness fails at once, new
+/// streams are refused, and publishing and the streams still open keep working; `stop` returns once the last
+/// stream has ended.
+async fn a_drain_ends_streams_one_by_one_over_its_window_while_the_instance_keeps_serving(kind: Kind) {
+    const STREAMS: usize = 20;
+    let config = storyline_server::ServerConfig { drain_window: Duration::from_secs(2), ..test_config() };
+    let app = spawn_with(kind, storyline_core::Retention::default(), config).await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(app.open_stream("s", None).await);
+    }
+    let shutdown = app.shutdown_signal();
+    shutdown.trigger();
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readiness fails as soon as the drain starts");
+    let refused = app.client.get(app.url("/v1/stories/s/stream")).bearer_auth(app.admin_token()).send().await.unwrap();
+    assert_eq!(
+        assert_problem(refused, 503, "new stream while draining").await["type"],
+        "urn:storyline:problem:draining"
+    );
+
+    // Each stream ends on its own: whenever one ends, the others may still be open, and they still get events
+    // published meanwhile (to this instance, which keeps serving while a load balancer catches up).
+    let mut ended = Vec::new();
+    let mut open_when_one_ended = Vec::new();
+    let mut tasks: futures::stream::FuturesUnordered<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut stream)| async move {
+            let frames = stream.until_end(Duration::from_secs(10)).await;
+            (i, frames)
+        })
+        .collect();
+    let mut published = Vec::new();
+    while let Some((i, frames)) = futures::StreamExt::next(&mut tasks).await {
+        open_when_one_ended.push(shutdown.open_streams());
+        assert!(frames.last().is_some_and(|f| f.retry.is_some()), "stream {i} ends with a retry hint: {frames:?}");
+        ended.push(frames.last().and_then(|f| f.retry));
+        if published.len() < 3 {
+            let receipt = app.publish("s", "chapter", json!(published.len())).await;
+            published.push(receipt["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ended.len(), STREAMS);
+    assert!(
+        open_when_one_ended.iter().filter(|open| **open > 0).count() >= STREAMS / 2,
+        "streams did not end in one wave (streams open at each end: {open_when_one_ended:?})"
+    );
+    let hints: HashSet<_> = ended.iter().collect();
+    assert!(hints.len() > 1, "the retry hints are jittered: {ended:?}");
+    assert_eq!(published.len(), 3, "publishing worked throughout the drain");
+    assert_eq!(shutdown.open_streams(), 0);
     app.stop().await;
 }
 
