@@ -20,8 +20,8 @@ use std::{
 
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, NewEvent, Page, PageLimit,
-    Receipt, Retention, StoredEvent, StoryId, TailItem,
+    Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, LogRetention, NewEvent, Page,
+    PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
 use tokio::sync::Notify;
 
@@ -156,7 +156,7 @@ fn now_ms() -> u64 {
 impl LogState {
     /// Applies retention after appending `newest`: by age (relative to the newest id's time, as Redis does), then by
     /// count. Records the newest trimmed id so resumes can tell a gap.
-    fn trim(&mut self, newest: EventId, retention: &Retention) {
+    fn trim(&mut self, newest: EventId, retention: &LogRetention) {
         if let Some(max_age) = retention.max_age {
             let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
             let cutoff_ms = newest.ms.saturating_sub(max_age_ms);
@@ -193,7 +193,7 @@ impl Broker for MemoryBroker {
     ) -> Result<Appended, BrokerError> {
         let now = Instant::now();
         self.expire_idempotency_keys(now);
-        let retention = self.inner.retention;
+        let retention = self.inner.retention.for_story(story);
         let (log, appended) = self.with_log(story, |state| {
             if let Some(key) = idempotency_key
                 && let Some((receipt, _)) = state.idempotency.get(key.as_str())

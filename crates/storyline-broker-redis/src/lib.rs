@@ -183,12 +183,12 @@ impl RedisBroker {
             .find(|c| c.is_connected())
             .ok_or_else(|| BrokerError::Unavailable("not connected to Redis (reconnecting)".into()))
     }
+}
 
-    /// Trim slack: how far past `max_events` a log may grow before it is trimmed back. About 1% (at least 1,
-    /// at most 1,000) keeps the trimming cost amortised to a fraction of an entry per append.
-    fn trim_slack(&self) -> usize {
-        (self.inner.retention.max_events.get() / 100).clamp(1, 1_000)
-    }
+/// Trim slack: how far past `max_events` a log may grow before it is trimmed back. About 1% (at least 1, at most
+/// 1,000) keeps the trimming cost amortised to a fraction of an entry per append.
+fn trim_slack(max_events: std::num::NonZeroUsize) -> usize {
+    (max_events.get() / 100).clamp(1, 1_000)
 }
 
 fn parse_duplicate_receipt(story: &StoryId, prior: &str) -> Result<Receipt, BrokerError> {
@@ -221,16 +221,13 @@ impl Broker for RedisBroker {
             keys.push(keys::idempotency(story, key));
         }
         let window_ms = u64::try_from(self.inner.retention.idempotency_window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let retention = self.inner.retention.for_story(story);
         let mut args = vec![
-            self.inner.retention.max_events.get().to_string(),
-            self.trim_slack().to_string(),
+            retention.max_events.get().to_string(),
+            trim_slack(retention.max_events).to_string(),
             window_ms.to_string(),
             format!("{} {}", event.event_type, event.ts),
-            self.inner
-                .retention
-                .max_age
-                .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
-                .to_string(),
+            retention.max_age.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)).to_string(),
         ];
         args.extend(codec::fields(&event));
         let (fresh, answer): (i64, String) =

@@ -16,13 +16,14 @@
 //! 5. **Tail.** [`Broker::tail`] first yields what is already in the log after the id, then waits for and yields
 //!    new events as they are appended: no gap and no duplicate at the seam. It ends only by yielding an error
 //!    (the broker became unreachable); the caller resumes with a new tail after the last id it received.
-//! 6. **Retention.** Each story keeps about [`Retention::max_events`] events (Redis trims approximately, so a few
-//!    more may remain; never fewer). [`Broker::bounds`] reports the oldest retained id and the newest id trimmed
+//! 6. **Retention.** Each story keeps about the [`Retention::for_story`] number of events (Redis trims
+//!    approximately, so a few more may remain; never fewer), and none older than its age limit once it is next
+//!    appended to. [`Broker::bounds`] reports the oldest retained id and the newest id trimmed
 //!    away, so a reader can tell a resume point that fell out of the log (a gap) from one that did not.
 //! 7. **Failure.** Every operation either completes or fails with [`BrokerError::Unavailable`] within the
 //!    adapter's configured timeout; none hangs.
 
-use std::{fmt, num::NonZeroUsize, time::Duration};
+use std::{collections::BTreeMap, fmt, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
 
@@ -55,16 +56,29 @@ impl Default for PageLimit {
     }
 }
 
-/// How much history each story keeps, and for how long idempotency keys are remembered.
+/// How much of one story's log is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Events kept per story (approximate in Redis: trimmed in small batches, never below this).
+pub struct LogRetention {
+    /// Events kept (approximate in Redis: trimmed in small batches, never below this).
     pub max_events: NonZeroUsize,
     /// Events older than this (by the millisecond part of their id) are removed when the story is next appended
     /// to. `None` keeps events regardless of age. The newest event of a story is never removed for its age.
     pub max_age: Option<Duration>,
+}
+
+/// How much history each story keeps, by default and per namespace, and for how long idempotency keys are
+/// remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Events kept per story, unless its namespace says otherwise (see [`LogRetention::max_events`]).
+    pub max_events: NonZeroUsize,
+    /// The age limit per story, unless its namespace says otherwise (see [`LogRetention::max_age`]).
+    pub max_age: Option<Duration>,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// Per-namespace retention (the namespace: [`StoryId::namespace`]), replacing both defaults for the stories
+    /// of that namespace.
+    pub namespaces: Arc<BTreeMap<String, LogRetention>>,
 }
 
 impl Default for Retention {
@@ -73,7 +87,24 @@ impl Default for Retention {
             max_events: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             max_age: None,
             idempotency_window: Duration::from_secs(24 * 60 * 60),
+            namespaces: Arc::default(),
         }
+    }
+}
+
+impl Retention {
+    /// What `story` keeps: its namespace's retention if it has one, else the defaults.
+    pub fn for_story(&self, story: &StoryId) -> LogRetention {
+        self.namespaces
+            .get(story.namespace())
+            .copied()
+            .unwrap_or(LogRetention { max_events: self.max_events, max_age: self.max_age })
+    }
+
+    /// The same, with `namespace`'s stories keeping `retention`.
+    pub fn with_namespace(mut self, namespace: impl Into<String>, retention: LogRetention) -> Self {
+        Arc::make_mut(&mut self.namespaces).insert(namespace.into(), retention);
+        self
     }
 }
 

@@ -17,8 +17,8 @@ mod idempotency;
 mod story_id;
 
 pub use broker::{
-    Appended, Broker, BrokerError, DEFAULT_PAGE_LIMIT, EventStream, Gap, LogBounds, MAX_PAGE_LIMIT, Page, PageLimit,
-    Retention, TailItem,
+    Appended, Broker, BrokerError, DEFAULT_PAGE_LIMIT, EventStream, Gap, LogBounds, LogRetention, MAX_PAGE_LIMIT, Page,
+    PageLimit, Retention, TailItem,
 };
 pub use envelope::{Envelope, EventData, EventDataError, MAX_DATA_DEPTH, Metadata, NewEvent, Receipt, StoredEvent};
 pub use event_id::{EventId, EventIdError};

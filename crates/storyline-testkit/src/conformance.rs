@@ -91,6 +91,7 @@ macro_rules! broker_conformance_tests {
             bounds_of_a_fresh_story_are_empty_and_track_the_oldest_event,
             retention_keeps_the_newest_events_and_reports_what_was_trimmed,
             retention_by_age_drops_old_events_when_the_story_is_next_appended_to,
+            retention_follows_the_story_namespace_by_count_and_by_age,
             tail_yields_backlog_then_live_events_in_order_exactly_once,
             a_tail_resuming_before_the_retained_history_yields_a_gap_first,
             a_tail_that_falls_behind_retention_yields_a_gap_never_a_silent_hole,
@@ -135,7 +136,12 @@ fn now_ms() -> u64 {
 }
 
 fn retention(max_events: usize, idempotency_window: Duration) -> Retention {
-    Retention { max_events: NonZeroUsize::new(max_events).expect("max_events > 0"), max_age: None, idempotency_window }
+    Retention {
+        max_events: NonZeroUsize::new(max_events).expect("max_events > 0"),
+        max_age: None,
+        idempotency_window,
+        ..Retention::default()
+    }
 }
 
 /// A `chapter` event numbered `n`: data `{"n":<n>}`, author `author-<n>`, a `traceparent` in its metadata.
@@ -706,6 +712,58 @@ pub async fn retention_by_age_drops_old_events_when_the_story_is_next_appended_t
     assert!(trimmed >= old[2] && trimmed < kept[0].id, "{CASE}: trimmed_through {trimmed} is the newest removed id");
     assert_eq!(bounds.oldest, Some(kept[0].id), "{CASE}: bounds.oldest is the first retained id");
     assert_eq!(bounds.gap_for(old[0]), Some(kept[0].id), "{CASE}: resuming from an aged-out event is a gap");
+}
+
+/// Guarantee 6, per namespace: a story keeps what its namespace (the id before the first `:`, or the whole id)
+/// is configured to keep, by count and by age; other stories keep the defaults. A resume from before a
+/// namespace's retained history is a gap, in the tail and in a page read.
+pub async fn retention_follows_the_story_namespace_by_count_and_by_age(factory: &dyn BrokerFactory) {
+    const CASE: &str = "retention_follows_the_story_namespace_by_count_and_by_age";
+    const BRIEF: usize = 5;
+    const SLACK: usize = 1;
+    const MAX_AGE: Duration = Duration::from_millis(300);
+    // Arrange: defaults keep 1,000 events of any age; `brief` keeps 5, `fleeting` keeps 1,000 for 300 ms.
+    let count = |n: usize| NonZeroUsize::new(n).expect("n > 0");
+    let retention = retention(1_000, Duration::from_secs(60))
+        .with_namespace("brief", storyline_core::LogRetention { max_events: count(BRIEF), max_age: None })
+        .with_namespace("fleeting", storyline_core::LogRetention { max_events: count(1_000), max_age: Some(MAX_AGE) });
+    let broker = factory.make(retention).await;
+    let (brief, brief_bare, other) = (story("brief:chapter-1"), story("brief"), story("other:chapter-1"));
+    let fleeting = story("fleeting:chat");
+
+    // Act
+    let brief_ids = append_numbered(CASE, &*broker, &brief, 0..40).await;
+    append_numbered(CASE, &*broker, &brief_bare, 0..40).await;
+    let other_ids = append_numbered(CASE, &*broker, &other, 0..40).await;
+    let old = append_numbered(CASE, &*broker, &fleeting, 0..3).await;
+    let last_old = old.last().copied();
+    let mut n = 3;
+    poll_until(&format!("{CASE}: the fleeting namespace ages out"), DEFAULT_DEADLINE, || {
+        n += 1;
+        let (broker, story) = (Arc::clone(&broker), fleeting.clone());
+        async move {
+            append(CASE, &*broker, &story, event(n)).await;
+            let kept = read_all(CASE, &*broker, &story).await;
+            (kept.first().map(|e| e.id) > last_old).then_some(())
+        }
+    })
+    .await;
+
+    // Assert
+    let kept = ids_of(&read_all(CASE, &*broker, &brief).await);
+    assert!((BRIEF..=BRIEF + SLACK).contains(&kept.len()), "{CASE}: brief:* keeps {BRIEF}, kept {}", kept.len());
+    assert_eq!(kept, brief_ids[brief_ids.len() - kept.len()..], "{CASE}: the newest are kept");
+    let bare = read_all(CASE, &*broker, &brief_bare).await.len();
+    assert!((BRIEF..=BRIEF + SLACK).contains(&bare), "{CASE}: an id with no `:` is its own namespace, kept {bare}");
+    assert_eq!(ids_of(&read_all(CASE, &*broker, &other).await), other_ids, "{CASE}: other namespaces keep the default");
+    let mut tail = broker.tail(&brief, brief_ids[0]);
+    match next_item(CASE, &mut tail, "the gap").await {
+        TailItem::Gap(gap) => assert_eq!((gap.requested, gap.resumed_from), (brief_ids[0], kept[0]), "{CASE}"),
+        TailItem::Event(e) => panic!("{CASE}: got event {} where a gap was due", e.id),
+    }
+    assert_eq!(next_ids(CASE, &mut tail, kept.len(), "the retained events").await, kept, "{CASE}");
+    let fleeting_bounds = bounds(CASE, &*broker, &fleeting).await;
+    assert!(fleeting_bounds.gap_for(old[0]).is_some(), "{CASE}: resuming from an aged-out event is a gap");
 }
 
 // --- tails ---

@@ -188,7 +188,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let broker: Arc<dyn Broker> = match &settings.redis_url {
         Some(url) => {
             let config = RedisConfig {
-                retention: settings.retention(),
+                retention: settings.retention()?,
                 command_timeout: Duration::from_millis(settings.broker_timeout_ms),
                 ..RedisConfig::new(url)
             };
@@ -200,7 +200,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!(broker = "memory", "broker selected (in-memory: events are not persisted or shared)");
-            Arc::new(MemoryBroker::new(settings.retention()))
+            Arc::new(MemoryBroker::new(settings.retention()?))
         }
     };
 

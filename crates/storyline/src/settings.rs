@@ -13,7 +13,7 @@ use figment::{
     value::{Dict, Map, Value},
 };
 use serde::{Deserialize, Deserializer, Serialize};
-use storyline_core::Retention;
+use storyline_core::{LogRetention, Retention, StoryId};
 use storyline_server::{
     ServerConfig,
     auth::{JwtSecret, TokenRules},
@@ -58,6 +58,10 @@ pub(crate) struct Settings {
     pub(crate) retention_max_events: usize,
     /// Events older than this many seconds are dropped when their story is next appended to; 0 = no age limit.
     pub(crate) retention_max_age_secs: u64,
+    /// Per-namespace retention, `namespace=max_events[/max_age_secs]` entries (comma-separated in the
+    /// environment, a list or string in TOML).
+    #[serde(deserialize_with = "list")]
+    pub(crate) retention_namespaces: Vec<String>,
     /// POST body limit, bytes.
     pub(crate) body_limit_bytes: usize,
     /// How long an Idempotency-Key is remembered, seconds.
@@ -141,6 +145,7 @@ impl Default for Settings {
             cors_origins: Vec::new(),
             retention_max_events: 10_000,
             retention_max_age_secs: 0,
+            retention_namespaces: Vec::new(),
             body_limit_bytes: 64 * 1024,
             idempotency_window_secs: 24 * 60 * 60,
             retry_ms: 2_000,
@@ -203,6 +208,9 @@ struct EnvSource(Dict);
 const PREFIX: &str = "STORYLINE_";
 /// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern; the probe's
 /// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings).
+/// URL schemes fred connects with: a server (optionally over a Unix socket), a cluster, or a server found
+/// through Sentinel.
+const REDIS_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://", "redis-cluster://", "redis-sentinel://"];
 const NOT_SETTINGS: &[&str] = &["config", "probe_token"];
 const NUMERIC: &[&str] = &[
     "heartbeat_secs",
@@ -306,13 +314,18 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
         if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://"))
+            && !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme))
         {
-            bail!("redis_url {:?} must be a redis:// URL (redis://[user:pass@]host:port[/db])", redact_url(url));
+            bail!(
+                "redis_url {:?} must be a Redis URL: redis://[user:pass@]host:port[/db], \
+                 redis-cluster://host:port[?node=host:port...] or redis-sentinel://host:port[/db]?sentinelServiceName=name",
+                redact_url(url)
+            );
         }
         if self.retention_max_events == 0 {
             bail!("retention_max_events must be at least 1");
         }
+        self.namespace_retention()?;
         if self.heartbeat_secs == 0 {
             bail!("heartbeat_secs must be at least 1");
         }
@@ -474,12 +487,43 @@ impl Settings {
         })
     }
 
-    pub(crate) fn retention(&self) -> Retention {
-        Retention {
+    pub(crate) fn retention(&self) -> anyhow::Result<Retention> {
+        let defaults = Retention {
             max_events: NonZeroUsize::new(self.retention_max_events).unwrap_or(NonZeroUsize::MIN),
             max_age: (self.retention_max_age_secs > 0).then(|| Duration::from_secs(self.retention_max_age_secs)),
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
-        }
+            ..Retention::default()
+        };
+        Ok(self.namespace_retention()?.into_iter().fold(defaults, |r, (ns, log)| r.with_namespace(ns, log)))
+    }
+
+    /// `retention_namespaces`, parsed: `namespace=max_events` or `namespace=max_events/max_age_secs`
+    /// (`chat=500/3600`: stories `chat:*` keep 500 events, none older than an hour; `/0`: no age limit).
+    fn namespace_retention(&self) -> anyhow::Result<Vec<(String, LogRetention)>> {
+        let mut seen = std::collections::HashSet::new();
+        self.retention_namespaces
+            .iter()
+            .map(|entry| {
+                let bad = || anyhow::anyhow!(
+                    "retention_namespaces entry {entry:?} must be namespace=max_events or namespace=max_events/max_age_secs \
+                     (e.g. chat=500/3600), with max_events at least 1"
+                );
+                let (namespace, rule) = entry.split_once('=').ok_or_else(bad)?;
+                let (namespace, rule) = (namespace.trim(), rule.trim());
+                let (events, age) = rule.split_once('/').unwrap_or((rule, "0"));
+                let max_events = events.trim().parse().ok().and_then(NonZeroUsize::new).ok_or_else(bad)?;
+                let age_secs: u64 = age.trim().parse().map_err(|_| bad())?;
+                // A namespace is a story id's part before its first `:`: it must itself be a valid story id.
+                if namespace.contains(':') || StoryId::parse(namespace).is_err() {
+                    bail!("retention_namespaces entry {entry:?}: {namespace:?} is not a namespace (a story id's part before its first `:`)");
+                }
+                if !seen.insert(namespace.to_owned()) {
+                    bail!("retention_namespaces names {namespace:?} twice");
+                }
+                let max_age = (age_secs > 0).then(|| Duration::from_secs(age_secs));
+                Ok((namespace.to_owned(), LogRetention { max_events, max_age }))
+            })
+            .collect()
     }
 
     /// The effective settings as TOML, secrets redacted.
@@ -680,10 +724,49 @@ mod tests {
             (&[("STORYLINE_NO_SUCH_THING", "1")], "unknown setting"),
             (&[("STORYLINE_LOG_FORMAT", "xml")], "log_format"),
             (&[("STORYLINE_REDIS_URL", "not a url")], "redis_url"),
+            (&[("STORYLINE_RETENTION_NAMESPACES", "chat")], "retention_namespaces"),
+            (&[("STORYLINE_RETENTION_NAMESPACES", "chat=0")], "retention_namespaces"),
+            (&[("STORYLINE_RETENTION_NAMESPACES", "chat=5/soon")], "retention_namespaces"),
+            (&[("STORYLINE_RETENTION_NAMESPACES", "a:b=5")], "not a namespace"),
+            (&[("STORYLINE_RETENTION_NAMESPACES", "chat=5,chat=6")], "twice"),
         ];
         for (vars, needle) in cases {
             let err = Settings::load(None, env(vars)).err().map(|e| format!("{e:#}")).unwrap_or_default();
             assert!(err.contains(needle), "case {vars:?}: error {err:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn retention_is_per_namespace_with_the_defaults_for_the_rest() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("STORYLINE_RETENTION_MAX_EVENTS", "100"),
+                ("STORYLINE_RETENTION_MAX_AGE_SECS", "60"),
+                ("STORYLINE_RETENTION_NAMESPACES", "chat=500/3600, archive = 1000000"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let r = s.retention().unwrap_or_else(|e| panic!("{e:#}"));
+        let of = |id: &str| r.for_story(&StoryId::parse(id).unwrap_or_else(|e| panic!("{e}")));
+        let log = |n: usize, age: Option<u64>| LogRetention {
+            max_events: NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN),
+            max_age: age.map(Duration::from_secs),
+        };
+        assert_eq!(of("chat:room-1"), log(500, Some(3600)));
+        assert_eq!(of("archive:old"), log(1_000_000, None), "no age part: no age limit");
+        assert_eq!(of("public:tale"), log(100, Some(60)), "other namespaces: the defaults");
+        assert_eq!(of("chat"), log(500, Some(3600)), "an id without `:` is its own namespace");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_are_accepted() {
+        for url in [
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001",
+            "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=mymaster",
+        ] {
+            let s = Settings::load(None, env(&[("STORYLINE_REDIS_URL", url)]));
+            assert!(s.is_ok(), "{url}: {:?}", s.err());
         }
     }
 
