@@ -53,7 +53,8 @@ impl std::fmt::Debug for SseStream {
 }
 
 impl SseStream {
-    pub(crate) fn new(response: reqwest::Response) -> Self {
+    /// Reads `response` (a `200 text/event-stream` answer) as SSE.
+    pub fn new(response: reqwest::Response) -> Self {
         Self {
             status: response.status(),
             headers: response.headers().clone(),

@@ -138,8 +138,19 @@ fn token(settings: &Settings, sub: &str, scope: &str, tier: Option<Tier>, ttl_se
 ///
 /// Lines written within a request or an event's fan-out carry their span's `trace_id` and `span_id` (in JSON, in
 /// the `spans` list) when traces are exported. With a tracer provider, storyline's spans also go to OTLP.
-fn init_logging(format: LogFormat, tracer: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+///
+/// Lines are formatted on the thread that logs and written to stdout by a thread of their own (tracing-appender),
+/// so an HTTP worker does not wait in a `write` to a slow pipe or log collector while a burst of requests (a
+/// reconnect storm: an access line per refused stream, and an audit line) queues behind it. Nothing is dropped:
+/// when its buffer of 128k lines is full, logging waits as it did before. Keep the returned guard alive until
+/// exit; dropping it flushes what is buffered.
+fn init_logging(
+    format: LogFormat,
+    tracer: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+    let (stdout, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let is_audit = |meta: &tracing::Metadata<'_>| meta.target() == storyline_server::audit::AUDIT_TARGET;
     let otel = tracer.map(telemetry::layer);
@@ -147,27 +158,33 @@ fn init_logging(format: LogFormat, tracer: Option<&opentelemetry_sdk::trace::Sdk
         LogFormat::Json => {
             tracing_subscriber::registry()
                 .with(otel)
-                .with(fmt::layer().json().with_current_span(false).with_filter(filter()))
+                .with(fmt::layer().json().with_current_span(false).with_writer(stdout).with_filter(filter()))
                 .init();
         }
         LogFormat::Text => {
             use std::io::IsTerminal;
             let text = fmt::layer()
                 .with_ansi(std::io::stdout().is_terminal())
+                .with_writer(stdout.clone())
                 .with_filter(filter_fn(move |meta| !is_audit(meta)))
                 .with_filter(filter());
-            let audit =
-                fmt::layer().json().with_current_span(false).with_filter(filter_fn(is_audit)).with_filter(filter());
+            let audit = fmt::layer()
+                .json()
+                .with_current_span(false)
+                .with_writer(stdout)
+                .with_filter(filter_fn(is_audit))
+                .with_filter(filter());
             tracing_subscriber::registry().with(otel).with(text).with(audit).init();
         }
     }
+    guard
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async {
         let tracer = telemetry::from_env()?;
-        init_logging(settings.log_format, tracer.as_ref());
+        let _flush_logs_at_exit = init_logging(settings.log_format, tracer.as_ref());
         if tracer.is_some() {
             storyline_server::telemetry::enable_spans();
             tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_*)");

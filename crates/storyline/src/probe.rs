@@ -197,7 +197,7 @@ async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
 
 /// Repeating mode: a run every interval, results as metrics on our own `/metrics`, until SIGTERM/SIGINT.
 async fn repeat(args: ProbeArgs, target: Target) -> anyhow::Result<()> {
-    crate::init_logging(crate::settings::LogFormat::Text, None);
+    let _flush_logs_at_exit = crate::init_logging(crate::settings::LogFormat::Text, None);
     let handle = install_recorder()?;
     let listener = TcpListener::bind(args.listen).with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
