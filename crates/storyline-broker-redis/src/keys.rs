@@ -35,7 +35,18 @@ mod tests {
         assert_eq!(log(&story), "storyline:{public:dragon-tale}:log");
         assert_eq!(meta(&story), "storyline:{public:dragon-tale}:meta");
         assert_eq!(idempotency(&story, &key), "storyline:{public:dragon-tale}:idem:k-1");
-        assert_eq!(story_of_log(&log(&story)), Some(story));
+        assert_eq!(story_of_log(&log(&story)), Some(story.clone()));
         assert_eq!(story_of_log("other:{x}:log"), None);
+    }
+
+    #[test]
+    fn every_key_of_a_story_is_in_the_slot_of_its_id() {
+        use fred::util::redis_keyslot;
+        let story = StoryId::parse("public:dragon-tale").unwrap_or_else(|e| panic!("{e}"));
+        let key = IdempotencyKey::parse("k-1").unwrap_or_else(|e| panic!("{e}"));
+        let slot = redis_keyslot(story.as_str().as_bytes());
+        for k in [log(&story), meta(&story), idempotency(&story, &key)] {
+            assert_eq!(redis_keyslot(k.as_bytes()), slot, "{k} hashes by the story id alone");
+        }
     }
 }

@@ -5,9 +5,12 @@
 //!   connection setup).
 //! - **Read**: `XRANGE` from the pool.
 //! - **Tail**: one [`tailer`] per broker instance owns a dedicated connection and reads every story that has a
-//!   local tail with a single multi-key `XREAD BLOCK`, fanning entries out to per-story channels. A tail first
-//!   pages through the backlog with `XRANGE`, then switches to its story's channel, deduplicating by id at the
-//!   seam.
+//!   local tail with a single multi-key `XREAD BLOCK` (on Redis Cluster: one non-blocking `XREAD` per hash slot,
+//!   polled), fanning entries out to per-story channels. A tail first pages through the backlog with `XRANGE`,
+//!   then switches to its story's channel, deduplicating by id at the seam.
+//! - **Deployments**: a single server, a primary found through Sentinel, or a Redis Cluster, chosen by the URL
+//!   scheme (see [`RedisConfig::url`]). On a cluster every key of a story hashes to one slot, so each script runs
+//!   on one node; fred routes each command to the slot's node and follows redirections.
 //! - **Failure**: every command has a timeout (`command_timeout`), so a request fails with
 //!   [`BrokerError::Unavailable`] instead of hanging while Redis is away; the client reconnects with backoff and
 //!   open tails continue from where they were once it is back.
@@ -34,7 +37,15 @@ pub(crate) const READ_LUA: &str = include_str!("../scripts/read.lua");
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`. (`rediss://`, TLS, is not enabled in this build.)
+    /// Where Redis is; the scheme picks the deployment (fred's URL forms):
+    /// - a single server: `redis://[user:password@]host:port[/db]`;
+    /// - Redis Cluster: `redis-cluster://[user:password@]host:port?node=host2:port2&node=host3:port3`, where each
+    ///   address is a seed node (any one is enough; the client discovers the rest with `CLUSTER SLOTS`);
+    /// - Sentinel: `redis-sentinel://[user:password@]host:26379[/db]?sentinelServiceName=mymaster&node=host2:26379`,
+    ///   where the addresses are *sentinels* and the client follows the primary they name (`sentinelServiceName`
+    ///   is required). Accepted and parsed; not covered by the test suite.
+    ///
+    /// (`rediss://`, TLS, is not enabled in this build.)
     pub url: String,
     pub retention: Retention,
     /// Upper bound on any single command, including time spent waiting for a reconnect.
@@ -43,6 +54,10 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// How long the tailer's `XREAD` blocks before it re-checks which stories to read.
     pub block: Duration,
+    /// Redis Cluster only: how long the tailer waits between rounds of non-blocking reads that found nothing new.
+    /// The latency/cost dial (the tailer module's docs weigh it): up to this much delay per live event, and one
+    /// `XREAD` per watched hash slot per interval while idle.
+    pub cluster_poll_interval: Duration,
 }
 
 impl RedisConfig {
@@ -53,6 +68,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             pool_size: 4,
             block: Duration::from_secs(5),
+            cluster_poll_interval: Duration::from_millis(50),
         }
     }
 }
@@ -134,7 +150,8 @@ impl RedisBroker {
     pub async fn connect(config: RedisConfig) -> Result<Self, BrokerError> {
         let builder = builder(&config)?;
         let pool = builder.build_pool(config.pool_size.max(1)).map_err(unavailable)?;
-        // The tailer's connection blocks in XREAD; it must never carry other traffic.
+        // The tailer's connection blocks in XREAD (on a cluster: carries its polls, one connection per primary); it
+        // must never carry other traffic.
         let reader = builder.build().map_err(unavailable)?;
         for client in pool.clients() {
             log_connection_events(client, "pool");
@@ -154,7 +171,12 @@ impl RedisBroker {
                 "Redis is not reachable yet; starting not-ready and retrying in the background"
             ),
         }
-        let tailer = tailer::Tailer::start(reader, config.block);
+        let mode = if reader.is_clustered() {
+            tailer::ReadMode::PollBySlot(config.cluster_poll_interval)
+        } else {
+            tailer::ReadMode::Block(config.block)
+        };
+        let tailer = tailer::Tailer::start(reader, mode);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -277,17 +299,31 @@ pub(crate) async fn log_bounds(client: &Client, script: &Script, story: &StoryId
 /// Oldest Redis this adapter works with: XTRIM MINID and exclusive XRANGE bounds arrived in 6.2.
 const MIN_REDIS: (u32, u32) = (6, 2);
 
-/// Refuses a Redis older than [`MIN_REDIS`], loudly, at start.
+/// Refuses a Redis older than [`MIN_REDIS`], loudly, at start. On a cluster every primary is asked (any of them
+/// may own a story), each through its own connection.
 async fn check_version(pool: &Pool) -> Result<(), BrokerError> {
-    let info: String = pool.next().info(Some(fred::types::InfoKind::Server)).await.map_err(unavailable)?;
-    let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("").trim().to_owned();
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if found < MIN_REDIS {
-        return Err(BrokerError::Rejected(format!(
-            "Redis {version} is too old: storyline needs Redis {}.{} or newer",
-            MIN_REDIS.0, MIN_REDIS.1
-        )));
+    let client = pool.next();
+    let section = Some(fred::types::InfoKind::Server);
+    let mut infos: Vec<(String, String)> = Vec::new();
+    if client.is_clustered() {
+        for server in client.active_connections() {
+            let info = client.with_cluster_node(&server).info(section.clone()).await.map_err(unavailable)?;
+            infos.push((format!(" at {server}"), info));
+        }
+    }
+    if infos.is_empty() {
+        infos.push((String::new(), client.info(section).await.map_err(unavailable)?));
+    }
+    for (node, info) in infos {
+        let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("").trim().to_owned();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if found < MIN_REDIS {
+            return Err(BrokerError::Rejected(format!(
+                "Redis {version}{node} is too old: storyline needs Redis {}.{} or newer",
+                MIN_REDIS.0, MIN_REDIS.1
+            )));
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod app;
 pub mod conformance;
 mod keys;
+mod redis_cluster;
 mod redis_server;
 mod sse;
 
@@ -21,6 +22,7 @@ use std::{future::Future, time::Duration};
 
 pub use app::{Publisher, TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
 pub use keys::{JwksServer, fixture, jwks_of, sign_with_fixture};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use sse::{Frame, SseStream};
 

@@ -207,6 +207,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             let config = RedisConfig {
                 retention: settings.retention()?,
                 command_timeout: Duration::from_millis(settings.broker_timeout_ms),
+                cluster_poll_interval: Duration::from_millis(settings.redis_cluster_poll_ms),
                 ..RedisConfig::new(url)
             };
             let broker = RedisBroker::connect(config)

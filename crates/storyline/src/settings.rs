@@ -58,6 +58,8 @@ pub(crate) struct Settings {
     pub(crate) retention_max_events: usize,
     /// Events older than this many seconds are dropped when their story is next appended to; 0 = no age limit.
     pub(crate) retention_max_age_secs: u64,
+    /// Redis Cluster only: how often the live reader polls the slots of the stories it watches, milliseconds.
+    pub(crate) redis_cluster_poll_ms: u64,
     /// Per-namespace retention, `namespace=max_events[/max_age_secs]` entries (comma-separated in the
     /// environment, a list or string in TOML).
     #[serde(deserialize_with = "list")]
@@ -146,6 +148,7 @@ impl Default for Settings {
             retention_max_events: 10_000,
             retention_max_age_secs: 0,
             retention_namespaces: Vec::new(),
+            redis_cluster_poll_ms: 50,
             body_limit_bytes: 64 * 1024,
             idempotency_window_secs: 24 * 60 * 60,
             retry_ms: 2_000,
@@ -222,6 +225,7 @@ const NUMERIC: &[&str] = &[
     "broker_timeout_ms",
     "shutdown_grace_secs",
     "drain_window_secs",
+    "redis_cluster_poll_ms",
     "stream_admissions_per_sec",
     "workers",
     "slow_consumer_secs",
@@ -331,6 +335,9 @@ impl Settings {
         }
         if self.body_limit_bytes < 64 {
             bail!("body_limit_bytes must be at least 64");
+        }
+        if !(5..=1_000).contains(&self.redis_cluster_poll_ms) {
+            bail!("redis_cluster_poll_ms must be between 5 and 1000");
         }
         if self.idempotency_window_secs == 0 {
             bail!("idempotency_window_secs must be at least 1");

@@ -1,0 +1,285 @@
+//! The Redis broker on a real three-master Redis Cluster (each test its own, from the test kit's
+//! [`RedisCluster`]): the broker conformance suite, tails across slots and nodes, scripts reloaded per node, and
+//! two storyline instances sharing the cluster through the real HTTP server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, TcpListener},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use fred::prelude::*;
+use futures::StreamExt;
+use serde_json::json;
+use storyline_broker_redis::{RedisBroker, RedisConfig};
+use storyline_core::{
+    Broker, BrokerError, EventData, EventId, EventStream, EventType, Metadata, NewEvent, PageLimit, Retention,
+    StoredEvent, StoryId, TailItem,
+};
+use storyline_testkit::{RedisCluster, TestApp, spawn_app};
+
+/// How long a test waits for the next item of a tail or the next SSE frame.
+const ITEM: Duration = Duration::from_secs(10);
+
+/// Slots a three-master cluster made by `redis-cli --cluster create` gives each master: 0-5460, 5461-10922,
+/// 10923-16383.
+const NODE_SLOT_STARTS: [u16; 3] = [0, 5461, 10923];
+
+mod conformance {
+    use std::sync::Arc;
+
+    use storyline_core::{Broker, Retention};
+    use storyline_testkit::RedisCluster;
+
+    storyline_testkit::broker_conformance_tests! {
+        // fred spawns tasks (connection readers, reconnects) and the tailer runs its own read loop.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        factory = {
+            // Owned by the closure, so the cluster lives exactly as long as the test.
+            let cluster = RedisCluster::start();
+            move |retention: Retention| {
+                let url = cluster.url();
+                async move { Arc::new(super::connect(&url, retention).await) as Arc<dyn Broker> }
+            }
+        },
+    }
+}
+
+async fn connect(url: &str, retention: Retention) -> RedisBroker {
+    RedisBroker::connect(RedisConfig { retention, ..RedisConfig::new(url) })
+        .await
+        .expect("connect to the test's cluster")
+}
+
+fn story(name: &str) -> StoryId {
+    StoryId::parse(name).unwrap_or_else(|e| panic!("story id {name:?}: {e}"))
+}
+
+/// The hash slot of every key of `story` (they all carry the story id as their hash tag).
+fn slot_of(story: &StoryId) -> u16 {
+    fred::util::redis_keyslot(story.as_str().as_bytes())
+}
+
+/// Which master owns `slot`, as an index into [`NODE_SLOT_STARTS`].
+fn node_of(slot: u16) -> usize {
+    NODE_SLOT_STARTS.iter().rposition(|start| slot >= *start).unwrap_or(0)
+}
+
+/// Story ids spread over the cluster: two on each master, plus two that share one slot (so one `XREAD` names both).
+fn stories_across_the_cluster() -> Vec<StoryId> {
+    let mut per_node: [Vec<StoryId>; 3] = Default::default();
+    for n in 0.. {
+        let candidate = story(&format!("spread:{n}"));
+        let node = &mut per_node[node_of(slot_of(&candidate))];
+        if node.len() < 2 {
+            node.push(candidate);
+        }
+        if per_node.iter().all(|stories| stories.len() == 2) {
+            break;
+        }
+    }
+    let mut seen: HashMap<u16, StoryId> = HashMap::new();
+    let shared_slot = (0..)
+        .map(|n| story(&format!("same-slot:{n}")))
+        .find_map(|candidate| seen.insert(slot_of(&candidate), candidate.clone()).map(|earlier| [earlier, candidate]))
+        .expect("two ids share a slot (birthday bound: a few hundred tries)");
+    per_node.into_iter().flatten().chain(shared_slot).collect()
+}
+
+/// A plain connection to one master, for looking behind the broker's back.
+async fn node(port: u16) -> Client {
+    let client = Client::new(Config::from_url(&format!("redis://127.0.0.1:{port}")).unwrap(), None, None, None);
+    client.init().await.unwrap();
+    client
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_type: EventType::parse("chapter").expect("event type"),
+        data: EventData::from_json_text(&json!({ "n": n }).to_string()).expect("event data"),
+        author: format!("author-{n}"),
+        ts: n,
+        meta: Metadata::new(),
+    }
+}
+
+async fn append(broker: &dyn Broker, story: &StoryId, n: u64) -> EventId {
+    broker.append(story, event(n), None).await.unwrap_or_else(|e| panic!("append {n} to {story}: {e}")).receipt.id
+}
+
+async fn next_event(tail: &mut EventStream, what: &str) -> StoredEvent {
+    match tokio::time::timeout(ITEM, tail.next()).await {
+        Ok(Some(Ok(TailItem::Event(event)))) => event,
+        Ok(Some(Ok(TailItem::Gap(gap)))) => panic!("{what}: unexpected gap {gap:?}"),
+        Ok(Some(Err(e))) => panic!("{what}: tail failed: {e}"),
+        Ok(None) => panic!("{what}: tail ended"),
+        Err(_) => panic!("{what}: nothing within {ITEM:?}"),
+    }
+}
+
+/// Tails on stories whose keys live in different slots on every master (two of them in one slot) see every
+/// event of their own story, in order, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tails_on_stories_across_slots_and_nodes_see_every_event_in_order_once() {
+    // Arrange
+    let cluster = RedisCluster::start();
+    let broker = connect(&cluster.url(), Retention::default()).await;
+    let stories = stories_across_the_cluster();
+    let mut tails: Vec<EventStream> = stories.iter().map(|s| broker.tail(s, EventId::ZERO)).collect();
+
+    // Act: every story written at once, round after round, so reads of several slots and nodes interleave.
+    const ROUNDS: u64 = 30;
+    let mut appended: Vec<Vec<EventId>> = vec![Vec::new(); stories.len()];
+    for round in 0..ROUNDS {
+        let ids = futures::future::join_all(stories.iter().map(|s| append(&broker, s, round))).await;
+        for (log, id) in appended.iter_mut().zip(ids) {
+            log.push(id);
+        }
+    }
+
+    // Assert
+    for port in cluster.ports() {
+        let keys: u64 = node(port).await.dbsize().await.unwrap();
+        assert!(keys > 0, "the stories have keys on every master, 127.0.0.1:{port} included");
+    }
+    for ((story, tail), want) in stories.iter().zip(&mut tails).zip(&appended) {
+        let mut got = Vec::new();
+        for i in 0..ROUNDS {
+            let event = next_event(tail, &format!("event {i} of {story}")).await;
+            assert_eq!(&event.story, story, "a tail sees only its own story");
+            got.push(event.id);
+        }
+        assert_eq!(&got, want, "the tail on {story} (slot {}) sees its events in order", slot_of(story));
+    }
+    // Exactly once: a fresh append is the very next item of every tail.
+    for (story, tail) in stories.iter().zip(&mut tails) {
+        let sentinel = append(&broker, story, 1_000).await;
+        assert_eq!(next_event(tail, &format!("sentinel of {story}")).await.id, sentinel, "{story}: no duplicate");
+    }
+}
+
+/// A master that lost its script cache (a restart, a failover to a fresh node) answers `NOSCRIPT`; the broker
+/// loads the scripts again and the append, read and tail all go through, on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_reloaded_on_a_master_that_lost_them() {
+    // Arrange: scripts in use on every master, then flushed everywhere.
+    let cluster = RedisCluster::start();
+    let broker = connect(&cluster.url(), Retention::default()).await;
+    let stories = stories_across_the_cluster();
+    for s in &stories {
+        append(&broker, s, 0).await;
+    }
+    for port in cluster.ports() {
+        let node = node(port).await;
+        let _: () = node.script_flush(false).await.unwrap();
+        let loaded: Vec<bool> =
+            node.script_exists(vec![fred::util::sha1_hash(include_str!("../scripts/append.lua"))]).await.unwrap();
+        assert_eq!(loaded, vec![false], "the append script is gone from 127.0.0.1:{port}");
+        node.quit().await.unwrap();
+    }
+
+    // Act + Assert
+    for s in &stories {
+        let mut tail = broker.tail(s, EventId::ZERO);
+        let id = append(&broker, s, 1).await;
+        let page = broker.read_after(s, EventId::ZERO, PageLimit::new(100).expect("page limit")).await.expect("read");
+        assert_eq!(page.events.len(), 2, "{s}: both events read back");
+        assert_eq!(next_event(&mut tail, "first").await.id, page.events[0].id, "{s}: tail from zero");
+        assert_eq!(next_event(&mut tail, "second").await.id, id, "{s}: tail sees the new event");
+    }
+}
+
+/// Two storyline instances on one cluster, each with its own broker and server.
+async fn two_instances(cluster: &RedisCluster) -> (TestApp, TestApp) {
+    let a = spawn_app(Arc::new(connect(&cluster.url(), Retention::default()).await)).await;
+    let b = spawn_app(Arc::new(connect(&cluster.url(), Retention::default()).await)).await;
+    (a, b)
+}
+
+/// An event posted to instance A reaches a reader streaming from instance B, in order, every time. Also measures
+/// the delivery latency (POST on A answered → frame on B) and prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_posted_on_one_instance_reaches_a_reader_on_the_other() {
+    // Arrange
+    let cluster = RedisCluster::start();
+    let (a, b) = two_instances(&cluster).await;
+    let mut reader = b.open_stream("tale", Some("0")).await;
+    assert_eq!(reader.status, 200, "the stream opens on B");
+
+    // Act + Assert: one event at a time, so each delivery is timed on its own.
+    let mut latencies = Vec::new();
+    for n in 0..40u64 {
+        // Pacing, not waiting for anything: spreads the posts over the phases of B's poll interval, as
+        // independent writers would, instead of always posting just after B's last poll.
+        tokio::time::sleep(Duration::from_millis((n * 17) % 50)).await;
+        let receipt = a.publish("tale", "chapter", json!({ "n": n })).await;
+        let posted = Instant::now();
+        let frame = reader.next_event(ITEM).await;
+        latencies.push(posted.elapsed());
+        assert_eq!(frame.id.as_deref(), receipt["id"].as_str(), "event {n} arrives on B, in order");
+        assert_eq!(frame.json()["data"], json!({ "n": n }), "event {n} arrives intact");
+    }
+    latencies.sort();
+    eprintln!(
+        "cluster delivery latency A→B over {} events: min {:?}, median {:?}, p90 {:?}, max {:?}",
+        latencies.len(),
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 9 / 10],
+        latencies[latencies.len() - 1]
+    );
+}
+
+/// A reader that drops from instance B resumes on instance A with `Last-Event-ID`: no loss, no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_resumes_on_the_other_instance_with_no_loss_or_duplicate() {
+    // Arrange: a reader on B sees part of the story, then drops.
+    let cluster = RedisCluster::start();
+    let (a, b) = two_instances(&cluster).await;
+    let mut reader = b.open_stream("tale", Some("0")).await;
+    for n in 0..10 {
+        a.publish("tale", "chapter", json!(n)).await;
+    }
+    let first = reader.events(4, ITEM).await;
+    let last_seen = first.last().and_then(|f| f.id.clone()).expect("an id");
+    drop(reader);
+    for n in 10..15 {
+        b.publish("tale", "chapter", json!(n)).await;
+    }
+
+    // Act: it reconnects to the other instance.
+    let mut resumed = a.open_stream("tale", Some(&last_seen)).await;
+    let rest = resumed.events(11, ITEM).await;
+    let live = b.publish("tale", "chapter", json!(15)).await;
+    let next = resumed.next_event(ITEM).await;
+
+    // Assert
+    let mut seen: Vec<String> = first.into_iter().chain(rest).map(|f| f.id.expect("an id")).collect();
+    assert_eq!(seen, a.all_ids("tale").await[..15].to_vec(), "no gap, no duplicate across the reconnect");
+    seen.push(next.id.expect("an id"));
+    assert_eq!(seen.last().map(String::as_str), live["id"].as_str(), "then live events from B, the next one first");
+    assert_eq!(seen, b.all_ids("tale").await, "both instances read the same log");
+}
+
+/// fred's URL forms pick the deployment: a `redis-sentinel://` URL naming its service is accepted (the broker
+/// starts not-ready while no sentinel answers), one without the service name is a configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_url_is_accepted_and_one_without_a_service_name_is_not() {
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+    let quick = |url: String| RedisConfig { command_timeout: Duration::from_millis(100), ..RedisConfig::new(url) };
+
+    let sentinel = RedisBroker::connect(quick(format!(
+        "redis-sentinel://127.0.0.1:{port}/0?sentinelServiceName=mymaster&node=127.0.0.1:{port}"
+    )))
+    .await;
+    let broker = sentinel.expect("a sentinel URL is accepted");
+    assert!(matches!(broker.ping().await, Err(BrokerError::Unavailable(_))), "not ready while no sentinel answers");
+
+    let nameless = RedisBroker::connect(quick(format!("redis-sentinel://127.0.0.1:{port}"))).await;
+    assert!(
+        matches!(&nameless, Err(BrokerError::Unavailable(e)) if e.starts_with("bad Redis URL")),
+        "a sentinel URL needs sentinelServiceName: {nameless:?}"
+    );
+}
