@@ -64,6 +64,16 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   fi
 fi
 
+# The Redis Cluster tests (crates/storyline-broker-redis/tests/cluster.rs) form their cluster with redis-cli,
+# which Debian ships in redis-tools (a dependency of redis-server, so normally present already).
+if ! command -v redis-cli >/dev/null 2>&1; then
+  apt_install redis-cli redis-tools || { echo "test.sh: redis-cli is required on PATH for the Redis Cluster tests" >&2; exit 1; }
+fi
+
+# The reconnect-storm fault test (crates/storyline/tests/storm.rs) holds 5,000 streams in one process, and each
+# storyline instance it starts holds as many: raise the soft open-files limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 FULL="${STORYLINE_TEST_FULL:-0}"
 # Not a setting of the service, which refuses STORYLINE_* variables it does not know.
 unset STORYLINE_TEST_FULL

@@ -232,8 +232,21 @@ fn quantile(mut samples: Vec<Duration>, percent: usize) -> Duration {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
+/// The soft open-files limit of this process (inherited by the instances it starts).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    line.split_whitespace().nth(3).and_then(|soft| soft.parse().ok()).unwrap_or(u64::MAX)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_is_admitted_at_the_configured_rate_and_no_reader_loses_an_event() {
+    let limit = open_files_limit();
+    assert!(
+        limit >= READERS as u64 + 1_000,
+        "this test holds {READERS} streams in one process, and the open-files limit is {limit}: run it through \
+         ./scripts/test.sh (which raises the soft limit to the hard one) or `ulimit -n 20000` first"
+    );
     let redis = RedisServer::start();
     let logs = tempfile::tempdir().unwrap();
     let (mut a, base_a) = serve(&redis, 0, &logs.path().join("a.log")).await;

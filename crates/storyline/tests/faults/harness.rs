@@ -371,15 +371,39 @@ impl Cluster {
         post_event(&self.client, &self.url(i), &self.writer_token, story, key, seq, timeout).await
     }
 
-    /// A story's whole retained history, oldest first, from the first instance that answers.
+    /// A story's whole retained history, oldest first. Each page comes from the first instance that answers it;
+    /// when none does (an instance killed, Redis restarting), the page is asked again until [`DEADLINE`].
     pub(crate) async fn history(&self, story: &str) -> Vec<Stored> {
-        let urls: Vec<String> = self.endpoints.read().unwrap().clone();
-        for url in urls {
-            if let Some(events) = history(&self.client, &url, &self.reader_token, story).await {
-                return events;
+        let mut events = Vec::new();
+        let mut after = "0".to_owned();
+        let deadline = Instant::now() + DEADLINE;
+        // Bounded: a fault test stores far fewer than 10,000 pages.
+        for _ in 0..10_000 {
+            let urls: Vec<String> = self.endpoints.read().unwrap().clone();
+            let mut failures = Vec::new();
+            let mut page = None;
+            for url in &urls {
+                match history_page(&self.client, url, &self.reader_token, story, &after).await {
+                    Ok(answer) => {
+                        page = Some(answer);
+                        break;
+                    }
+                    Err(e) => failures.push(format!("{url}: {e}")),
+                }
+            }
+            let Some((mut got, next)) = page else {
+                assert!(Instant::now() < deadline, "no instance answered the history of {story}: {failures:?}");
+                // A retry pause while instances come back: not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            events.append(&mut got);
+            match next {
+                Some(next) => after = next,
+                None => return events,
             }
         }
-        panic!("no instance answered the history of {story}");
+        panic!("the history of {story} did not end within 10,000 pages");
     }
 
     /// Starts a publisher of `story` (see [`Publisher`]).
@@ -580,31 +604,36 @@ pub(crate) struct Stored {
     pub(crate) seq: Option<u64>,
 }
 
-/// A story's whole history from one instance, following `next`; `None` if the instance does not answer 200.
-async fn history(client: &reqwest::Client, base: &str, token: &str, story: &str) -> Option<Vec<Stored>> {
-    let mut events = Vec::new();
-    let mut after = "0".to_owned();
-    // Bounded: a page holds 1,000 events and a fault test publishes far fewer than a thousand pages.
-    for _ in 0..1_000 {
-        let url = format!("{base}/v1/stories/{story}/events?after={after}&limit=1000");
-        let answer = client.get(url).bearer_auth(token).timeout(Duration::from_secs(5)).send().await.ok()?;
-        if answer.status() != 200 {
-            return None;
-        }
-        let page: serde_json::Value = answer.json().await.ok()?;
-        for event in page["events"].as_array().expect("events is an array") {
-            events.push(Stored {
-                id: EventId::parse(event["id"].as_str().expect("an id")).expect("a valid id"),
-                key: event["data"]["key"].as_str().map(str::to_owned),
-                seq: event["data"]["seq"].as_u64(),
-            });
-        }
-        match page["next"].as_str() {
-            Some(next) => after = next.to_owned(),
-            None => return Some(events),
-        }
+/// Events per history page: small enough that a page of large events (64 KiB bodies) is a few MiB.
+const HISTORY_PAGE: usize = 100;
+
+/// One page of a story's history from one instance, after `after`: its events and `next`, or why not.
+async fn history_page(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    story: &str,
+    after: &str,
+) -> Result<(Vec<Stored>, Option<String>), String> {
+    let url = format!("{base}/v1/stories/{story}/events?after={after}&limit={HISTORY_PAGE}");
+    let answer =
+        client.get(url).bearer_auth(token).timeout(Duration::from_secs(20)).send().await.map_err(|e| e.to_string())?;
+    if answer.status() != 200 {
+        let status = answer.status();
+        return Err(format!("{status} {}", answer.text().await.unwrap_or_default()));
     }
-    panic!("the history of {story} did not end within 1,000 pages");
+    let page: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
+    let events = page["events"]
+        .as_array()
+        .expect("events is an array")
+        .iter()
+        .map(|event| Stored {
+            id: EventId::parse(event["id"].as_str().expect("an id")).expect("a valid id"),
+            key: event["data"]["key"].as_str().map(str::to_owned),
+            seq: event["data"]["seq"].as_u64(),
+        })
+        .collect();
+    Ok((events, page["next"].as_str().map(str::to_owned)))
 }
 
 // ------------------------------------------------------------------------------------------------------------

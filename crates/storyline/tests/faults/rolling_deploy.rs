@@ -1,7 +1,8 @@
 //! Fault 3: a graceful rolling deploy of two instances, under load.
 //!
 //! Each instance in turn gets SIGTERM: `/readyz` fails at once and new streams are refused, its open streams end
-//! spread over the drain window (each after a jittered `retry:` frame), its POSTs in flight complete, and it exits
+//! spread over the drain window (each after a jittered `retry:` frame), it still answers POSTs (one is sent to it
+//! while it drains, and must be acknowledged and delivered), and it exits
 //! 0 within the window (plus the grace for in-flight requests); then a new process takes its place. Readers follow
 //! the `retry:` hints, as EventSource does, and reconnect to the other instance with `Last-Event-ID`. At the end no
 //! acknowledged event is lost, and the other instance saw the moved readers' stream opens spread over the window,
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use storyline_testkit::poll_until;
 
-use crate::harness::{Cluster, DEADLINE, Publisher, Reconnect, ReconnectDelay, SubscribeOptions, Subscriber};
+use crate::harness::{
+    Ack, Cluster, DEADLINE, PublishReport, Publisher, Reconnect, ReconnectDelay, SubscribeOptions, Subscriber,
+};
 
 /// `STORYLINE_DRAIN_WINDOW_SECS` of both instances.
 const WINDOW: Duration = Duration::from_secs(3);
@@ -33,14 +36,20 @@ async fn opened(cluster: &Cluster, i: usize) -> Option<f64> {
     Some(total)
 }
 
-/// SIGTERMs instance `i` and follows its drain: readiness, the other instance's stream opens per slice of the
-/// window, the exit. Returns a one-line account, and the opens per slice.
-async fn drain(cluster: &mut Cluster, i: usize) -> (String, Vec<f64>) {
+/// SIGTERMs instance `i` and follows its drain: readiness, a POST while it drains, the other instance's stream
+/// opens per slice of the window, the exit. Returns a one-line account, the opens per slice, and the POST's
+/// acknowledgement.
+async fn drain(cluster: &mut Cluster, i: usize) -> (String, Vec<f64>, Ack) {
     let other = 1 - i;
     let before = opened(cluster, other).await.expect("the other instance's metrics");
     let started = Instant::now();
     cluster.sigterm(i);
     let not_ready_after = cluster.wait_readyz(i, 503).await;
+    // A draining instance still takes POSTs (a load balancer needs a moment to act on readiness).
+    let key = format!("{DRAINING_STORY}-during-drain-{i}");
+    let post = cluster.post(i, DRAINING_STORY, &key, 0, Duration::from_secs(5)).await;
+    assert_eq!(post.status, Some(201), "a POST to a draining instance is served: {post:?}");
+    let ack = Ack { key, id: post.receipt.expect("a receipt").id, status: 201, attempts: 1, slot: i };
     // The other instance's stream opens, sampled at every slice boundary of the window (and a slice past it, for
     // the last readers' retry pause).
     let mut per_slice = Vec::new();
@@ -60,8 +69,11 @@ async fn drain(cluster: &mut Cluster, i: usize) -> (String, Vec<f64>) {
          opens on instance {other} per {:?} of the window {per_slice:?}",
         WINDOW / u32::try_from(SLICES).unwrap()
     );
-    (account, per_slice)
+    (account, per_slice, ack)
 }
+
+/// The story a POST to each draining instance goes to (one the readers read).
+const DRAINING_STORY: &str = "deploy-0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_loses_no_event_and_spreads_the_reconnects_over_the_drain_window() {
@@ -100,9 +112,11 @@ async fn a_rolling_restart_loses_no_event_and_spreads_the_reconnects_over_the_dr
     // Act: roll instance 0, then instance 1, each replaced by a new process once it has exited.
     let mut accounts = Vec::new();
     let mut slices = Vec::new();
+    let mut during_drain = Vec::new();
     for i in 0..2 {
-        let (account, per_slice) = drain(&mut cluster, i).await;
+        let (account, per_slice, ack) = drain(&mut cluster, i).await;
         accounts.push(account);
+        during_drain.push(ack);
         slices.push(per_slice);
         cluster.replace(i, &env).await;
         cluster.wait_readyz(i, 200).await;
@@ -123,7 +137,8 @@ async fn a_rolling_restart_loses_no_event_and_spreads_the_reconnects_over_the_dr
         subscribers.len(),
         accounts.join("; ")
     );
-    let tally = cluster.finish("rolling_deploy", injected, publishers, Vec::new(), subscribers).await;
+    let posted_while_draining = PublishReport::manual(DRAINING_STORY, during_drain);
+    let tally = cluster.finish("rolling_deploy", injected, publishers, vec![posted_while_draining], subscribers).await;
     tally.assert_exact();
     for (i, per_slice) in slices.iter().enumerate() {
         let moved: f64 = per_slice.iter().sum();
