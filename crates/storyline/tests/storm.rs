@@ -67,7 +67,7 @@ async fn serve(redis: &RedisServer, admissions: u32, logs: &std::path::Path) -> 
             ("STORYLINE_PUBLISH_RATE_PER_STORY", "0"),
             // Two workers per core of this 2-core machine: a POST waits for its own worker's turn, and with one
             // worker per core a burst of stream opens queued ahead of it on that worker (measured: publish p99
-            // 7-33x unloaded with 2 workers, 2-5x with 4 or 8).
+            // 7-34x unloaded with 2 workers, 2-7x with 4 or 8; BENCHMARKS.md).
             ("STORYLINE_WORKERS", WORKERS),
             ("STORYLINE_LOG_FORMAT", "json"),
             ("RUST_LOG", "info"),
