@@ -109,6 +109,18 @@ pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
     }
 }
 
+/// Maps a fred error of a write that was handed to the connection: if the connection broke or the answer did not
+/// come in time, Redis may have executed it, so the outcome is `Unconfirmed`, not `Unavailable`. Error replies
+/// (`LOADING`, `BUSY`, `OOM`...) and failures before sending (backpressure, auth) still mean nothing was written.
+pub(crate) fn unconfirmed(e: fred::error::Error) -> BrokerError {
+    use fred::error::ErrorKind as K;
+    if matches!(e.kind(), K::IO | K::Timeout | K::Canceled | K::Cluster | K::Routing) {
+        BrokerError::Unconfirmed(e.to_string())
+    } else {
+        unavailable(e)
+    }
+}
+
 fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
     let mut redis =
         Config::from_url(&config.url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
@@ -121,6 +133,12 @@ fn builder(config: &RedisConfig) -> Result<Builder, BrokerError> {
         .with_connection_config(|c| {
             c.connection_timeout = timeout;
             c.internal_command_timeout = timeout;
+            // Never re-send a command whose connection closed while it was in flight (fred's default is to try
+            // three times): Redis may have run it before the connection died, and an append without an
+            // idempotency key run twice is an event stored twice. The caller gets `Unconfirmed` instead and the
+            // client retries with its key. Commands queued while disconnected were never written and still wait
+            // for the reconnect.
+            c.max_command_attempts = 1;
         })
         .with_performance_config(|p| p.default_command_timeout = timeout)
         // Retry forever with capped exponential backoff: storyline must outlive Redis restarts.
@@ -253,7 +271,7 @@ impl Broker for RedisBroker {
         ];
         args.extend(codec::fields(&event));
         let (fresh, answer): (i64, String) =
-            self.inner.append.evalsha_with_reload(self.request_client()?, keys, args).await.map_err(unavailable)?;
+            self.inner.append.evalsha_with_reload(self.request_client()?, keys, args).await.map_err(unconfirmed)?;
         if fresh == 1 {
             let id = EventId::parse(&answer).map_err(|e| BrokerError::Corrupt(format!("XADD id {answer:?}: {e}")))?;
             let receipt = Receipt { id, story: story.clone(), event_type: event.event_type, ts: event.ts };
@@ -350,4 +368,27 @@ pub(crate) async fn read_page_checked(
 
 fn parse_optional_id(s: &str) -> Result<Option<EventId>, BrokerError> {
     if s.is_empty() { Ok(None) } else { EventId::parse(s).map(Some).map_err(|e| BrokerError::Corrupt(e.to_string())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn a_write_whose_answer_was_lost_is_unconfirmed_and_a_refused_one_is_unavailable() {
+        for kind in [ErrorKind::IO, ErrorKind::Timeout, ErrorKind::Canceled] {
+            let e = Error::new(kind.clone(), "connection closed");
+            assert!(matches!(unconfirmed(e.clone()), BrokerError::Unconfirmed(_)), "{kind:?} after sending");
+            assert!(matches!(unavailable(e), BrokerError::Unavailable(_)), "{kind:?} on a read");
+        }
+        // Error replies: Redis did not run the script.
+        for reply in ["LOADING Redis is loading", "BUSY Redis is busy running a script", "OOM command not allowed"] {
+            let e = Error::new(ErrorKind::Unknown, reply);
+            assert!(matches!(unconfirmed(e), BrokerError::Unavailable(_)), "{reply}");
+        }
+        let e = Error::new(ErrorKind::Unknown, "WRONGTYPE Operation against a key holding the wrong kind of value");
+        assert!(matches!(unconfirmed(e), BrokerError::Rejected(_)));
+    }
 }

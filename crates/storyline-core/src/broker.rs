@@ -21,7 +21,10 @@
 //!    appended to. [`Broker::bounds`] reports the oldest retained id and the newest id trimmed
 //!    away, so a reader can tell a resume point that fell out of the log (a gap) from one that did not.
 //! 7. **Failure.** Every operation either completes or fails with [`BrokerError::Unavailable`] within the
-//!    adapter's configured timeout; none hangs.
+//!    adapter's configured timeout; none hangs. An append that fails after it was sent to the store (the
+//!    connection broke or the timeout passed before the answer) fails with [`BrokerError::Unconfirmed`] instead:
+//!    the event may or may not be in the log, and only a retry with the same [`IdempotencyKey`] settles which
+//!    without storing it twice. `Unavailable` from an append means nothing was stored.
 
 use std::{collections::BTreeMap, fmt, num::NonZeroUsize, sync::Arc, time::Duration};
 
@@ -150,6 +153,11 @@ pub enum BrokerError {
     /// The backing store could not be reached or did not answer in time. Retrying later may succeed.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A write reached the store, or may have, but its answer did not come back (the connection broke, or the
+    /// timeout passed): it may or may not have taken effect. Retrying later may succeed; an append retried with
+    /// the same idempotency key stores nothing twice.
+    #[error("broker did not confirm the write: {0}")]
+    Unconfirmed(String),
     /// The story's log cannot take another id (the sequence within a millisecond overflowed).
     #[error("story log is full: no further ids can be assigned")]
     IdSpaceExhausted,

@@ -1,6 +1,8 @@
 //! The one error type of the HTTP edge, rendered as RFC 9457 `application/problem+json`.
 //!
-//! Client faults say precisely what was wrong. Server faults say "internal" or "unavailable" and log the cause.
+//! Client faults say precisely what was wrong. Server faults say "internal" or "unavailable" and log the cause;
+//! an append whose outcome the broker did not confirm says so ("unconfirmed"), so a client knows to retry with its
+//! Idempotency-Key rather than assume nothing was stored.
 
 use actix_web::{
     HttpResponse, ResponseError,
@@ -58,6 +60,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the event broker is unavailable; retry later")]
     Unavailable { retry_after_secs: u32, cause: String },
+    #[error(
+        "the event broker did not confirm the append, so the event may have been stored; retry with the same \
+         Idempotency-Key: if it was stored, the retry answers 200 with its receipt and stores nothing"
+    )]
+    Unconfirmed { retry_after_secs: u32, cause: String },
     #[error("{} limit of {quota} exceeded; retry after {retry_after_secs} s", limit_text(*limit))]
     RateLimited { limit: crate::limits::Limit, quota: u32, retry_after_secs: u32 },
     #[error("requests from this address are not accepted")]
@@ -116,6 +123,7 @@ impl ApiError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable { .. } => "unavailable",
+            Self::Unconfirmed { .. } => "unconfirmed",
             Self::AtCapacity { .. } => "at-capacity",
             Self::RateLimited { .. } => "rate-limited",
             Self::IpDenied => "ip-denied",
@@ -141,6 +149,7 @@ impl ApiError {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
+            Self::Unconfirmed { .. } => "Outcome unknown",
             Self::AtCapacity { .. } => "At capacity",
             Self::RateLimited { .. } => "Too many requests",
             Self::IpDenied => "Address not allowed",
@@ -166,6 +175,7 @@ impl ApiError {
     pub(crate) fn broker(e: BrokerError, retry_after_secs: u32) -> Self {
         match e {
             BrokerError::Unavailable(cause) => Self::Unavailable { retry_after_secs, cause },
+            BrokerError::Unconfirmed(cause) => Self::Unconfirmed { retry_after_secs, cause },
             other => Self::Internal(other.to_string()),
         }
     }
@@ -189,7 +199,7 @@ impl ResponseError for ApiError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable { .. } | Self::AtCapacity { .. } | Self::Draining { .. } => {
+            Self::Unavailable { .. } | Self::Unconfirmed { .. } | Self::AtCapacity { .. } | Self::Draining { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,6 +209,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         match self {
             Self::Unavailable { cause, .. } => tracing::warn!(error = %cause, "broker unavailable"),
+            Self::Unconfirmed { cause, .. } => tracing::warn!(error = %cause, "broker did not confirm an append"),
             Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             _ => {}
         }
@@ -209,6 +220,7 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"storyline\""));
             }
             Self::Unavailable { retry_after_secs, .. }
+            | Self::Unconfirmed { retry_after_secs, .. }
             | Self::AtCapacity { retry_after_secs, .. }
             | Self::RateLimited { retry_after_secs, .. }
             | Self::Draining { retry_after_secs } => {
@@ -230,6 +242,9 @@ mod tests {
         assert!(!e.problem().detail.contains("hunter2"));
         let e = ApiError::Unavailable { retry_after_secs: 1, cause: "redis://secret".into() };
         assert!(!e.problem().detail.contains("secret"));
+        let e = ApiError::Unconfirmed { retry_after_secs: 1, cause: "redis://secret".into() };
+        assert!(!e.problem().detail.contains("secret"));
+        assert!(e.problem().detail.contains("Idempotency-Key"), "says how to settle the outcome");
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub(crate) fn broker_call(op: &'static str, seconds: f64, error: Option<&storyli
 
 pub(crate) fn broker_error(op: &'static str, error: &storyline_core::BrokerError) {
     ::metrics::counter!(BROKER_ERRORS, "op" => op).increment(1);
-    if matches!(error, storyline_core::BrokerError::Unavailable(_)) {
+    if matches!(error, storyline_core::BrokerError::Unavailable(_) | storyline_core::BrokerError::Unconfirmed(_)) {
         ::metrics::gauge!(BROKER_UP).set(0.0);
     }
 }

@@ -22,7 +22,13 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining { retry_after_secs: state.config.retry_after_secs });
     }
-    super::with_broker(state.config.broker_timeout, state.config.retry_after_secs, state.broker.ping()).await?;
+    super::with_broker(
+        state.config.broker_timeout,
+        state.config.retry_after_secs,
+        super::Effect::Read,
+        state.broker.ping(),
+    )
+    .await?;
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ready"))
 }
 

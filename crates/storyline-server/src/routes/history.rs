@@ -58,6 +58,7 @@ pub(crate) async fn history(
     let page = super::with_broker(
         state.config.broker_timeout,
         state.config.retry_after_secs,
+        super::Effect::Read,
         state.broker.read_after(&story, after, limit),
     )
     .await?;

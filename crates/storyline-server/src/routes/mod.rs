@@ -21,16 +21,31 @@ pub(crate) fn event_id(value: &str) -> Result<EventId, ApiError> {
     EventId::parse(value).map_err(|source| ApiError::BadEventId { value: value.chars().take(64).collect(), source })
 }
 
+/// What a broker call does, which decides what its timeout means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// A read: past the timeout nothing happened that matters, and the answer is 503 `unavailable`.
+    Read,
+    /// An append: past the timeout the command may already have reached the broker and stored the event, so the
+    /// answer is 503 `unconfirmed`, which tells the client to retry with its Idempotency-Key.
+    Append,
+}
+
 /// Runs a broker call with the request-path timeout, mapping failures to 503/500.
 pub(crate) async fn with_broker<T>(
     timeout: Duration,
     retry_after_secs: u32,
+    effect: Effect,
     call: impl Future<Output = Result<T, BrokerError>>,
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(|e| ApiError::broker(e, retry_after_secs)),
         Err(_) => {
-            Err(ApiError::Unavailable { retry_after_secs, cause: format!("broker did not answer within {timeout:?}") })
+            let cause = format!("broker did not answer within {timeout:?}");
+            Err(match effect {
+                Effect::Read => ApiError::Unavailable { retry_after_secs, cause },
+                Effect::Append => ApiError::Unconfirmed { retry_after_secs, cause },
+            })
         }
     }
 }

@@ -49,7 +49,7 @@ struct Body<'a> {
         (status = 415, description = "Content-Type is not application/json", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body is JSON but not a valid event (shape, or event type invalid or reserved)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Publish rate exceeded: per principal (by tier) or per story (`rate-limited`); see Retry-After. Nothing was appended", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable; see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Broker unavailable (`unavailable`): nothing was stored. Or the append was sent to the broker but not confirmed in time (`unconfirmed`): the event may have been stored, and a retry with the same Idempotency-Key answers 200 with its receipt if it was. See Retry-After", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
 )]
@@ -79,6 +79,7 @@ pub(crate) async fn publish(
     let appended = super::with_broker(
         state.config.broker_timeout,
         state.config.retry_after_secs,
+        super::Effect::Append,
         state.broker.append(&story, event, idempotency_key.as_ref()),
     )
     .await?;

@@ -94,15 +94,21 @@ pub(crate) async fn stream(
     // the client saw the response. If the broker is unreachable, answer 200 anyway and let the pump resolve it
     // once the broker is back: a browser's EventSource gives up for good on any non-200 answer, so a 503 here
     // would turn a short broker outage into readers that never come back.
-    let start =
-        match super::with_broker(config.broker_timeout, config.retry_after_secs, state.broker.bounds(&story)).await {
-            Ok(bounds) => Start::Resolved(start_point(resume, bounds)),
-            Err(ApiError::Unavailable { cause, .. }) => {
-                tracing::warn!(story = %story, error = %cause, "broker unavailable at stream open; will resolve later");
-                Start::Pending(resume)
-            }
-            Err(e) => return Err(e),
-        };
+    let start = match super::with_broker(
+        config.broker_timeout,
+        config.retry_after_secs,
+        super::Effect::Read,
+        state.broker.bounds(&story),
+    )
+    .await
+    {
+        Ok(bounds) => Start::Resolved(start_point(resume, bounds)),
+        Err(ApiError::Unavailable { cause, .. }) => {
+            tracing::warn!(story = %story, error = %cause, "broker unavailable at stream open; will resolve later");
+            Start::Pending(resume)
+        }
+        Err(e) => return Err(e),
+    };
 
     let mut preface = VecDeque::with_capacity(2);
     preface.push_back(Bytes::from(format!("retry: {}\n\n", jittered(config.retry_base).as_millis())));

@@ -275,6 +275,47 @@ async fn when_redis_restarts_streams_stay_open_and_every_acknowledged_event_arri
     );
 }
 
+/// Redis only: an append that reached Redis but whose answer did not come back in time may have stored the event,
+/// so the answer says exactly that (503 `unconfirmed`), and a retry with the same Idempotency-Key settles it
+/// without storing a second event. Redis holds the write with `CLIENT PAUSE ... WRITE` past the broker's command
+/// timeout (1 s here), then runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_redis_did_not_confirm_is_503_unconfirmed_and_a_retry_with_its_key_stores_nothing_twice() {
+    let env = spawn(Kind::Redis).await;
+    // Loads the append script: a held EVALSHA of a script Redis does not know yet would run as NOSCRIPT.
+    env.publish("warm-up", "chapter", json!(0)).await;
+    let port = env.redis.as_ref().unwrap().port().to_string();
+    let pause = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "CLIENT", "PAUSE", "2500", "WRITE"])
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    assert!(pause.status.success(), "CLIENT PAUSE: {pause:?}");
+    let body = json!({"type": "chapter", "data": "held"});
+    let send = || env.post_event_request("s", &body).header("idempotency-key", "held-1").send();
+
+    let held = send().await.unwrap();
+    assert!(held.headers().get("retry-after").is_some(), "Retry-After on 503");
+    let problem = assert_problem(held, 503, "append held past the command timeout").await;
+    assert_eq!(problem["type"], "urn:storyline:problem:unconfirmed", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key"), "{problem}");
+
+    // Once the pause ends Redis runs the held append: the 503 did not mean "not stored".
+    let stored = poll_until("the held append is stored once Redis resumes writes", FRAME, || async {
+        let (status, page) = env.history("s", "?after=0").await;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        (status == 200 && !events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let retry = send().await.unwrap();
+    assert_eq!(retry.status(), 200, "the retry finds the stored event");
+    let receipt: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(receipt["id"], stored[0]["id"], "the retry answers with the held append's receipt");
+    assert_eq!(env.all_ids("s").await, vec![stored[0]["id"].as_str().unwrap()], "one event, not two");
+    let errors = env.metric("storyline_broker_errors_total{op=\"append\"}").await;
+    assert!(errors >= 1.0, "the unconfirmed append is counted as a broker error: {errors}");
+}
+
 /// Redis only: an error reply that retrying cannot fix (here a wrong-type key) is a 500, not a 503 that clients
 /// would retry forever while readiness stays green.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

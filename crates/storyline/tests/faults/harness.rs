@@ -690,6 +690,9 @@ pub(crate) struct PublishReport {
     pub(crate) attempts: u64,
     /// 503 answers (broker unavailable, draining, at capacity), each followed by its `Retry-After`.
     pub(crate) unavailable: u64,
+    /// Of those, `unconfirmed`: the append reached Redis without its answer coming back, so it may be stored (the
+    /// retry with the same key then answers 200).
+    pub(crate) unconfirmed: u64,
     pub(crate) rate_limited: u64,
     /// No answer: connection refused or reset, or the client timed out.
     pub(crate) transport_errors: u64,
@@ -791,6 +794,8 @@ async fn publish_loop(
                     Some(code @ (503 | 429)) => {
                         if code == 503 {
                             report.unavailable += 1;
+                            let problem = attempt.error.as_deref().unwrap_or_default();
+                            report.unconfirmed += u64::from(problem.contains("urn:storyline:problem:unconfirmed"));
                         } else {
                             report.rate_limited += 1;
                         }
@@ -1278,7 +1283,7 @@ impl Tally {
         let publish = |f: &dyn Fn(&PublishReport) -> u64| self.published.iter().map(f).sum::<u64>();
         format!(
             "tally test={} injected=\"{}\" stories={} acknowledged={} (replayed_200={} publish_503={} \
-             publish_transport_errors={} unresolved={}) subscribers={} connections={} expected={} delivered={} \
+             publish_503_unconfirmed={} publish_transport_errors={} unresolved={}) subscribers={} connections={} expected={} delivered={} \
              duplicates_on_wire={} out_of_order={} redelivered_across_reconnects={} missing={} unexpected={} \
              gaps={} broker_stored={} broker_missing={} broker_unacknowledged={} keys_stored_twice={}",
             self.test,
@@ -1287,6 +1292,7 @@ impl Tally {
             self.published.iter().map(|p| p.acked.len()).sum::<usize>(),
             self.published.iter().map(PublishReport::replayed).sum::<usize>(),
             publish(&|p| p.unavailable),
+            publish(&|p| p.unconfirmed),
             publish(&|p| p.transport_errors),
             self.published.iter().map(|p| p.unresolved.len()).sum::<usize>(),
             self.subscribers.len(),
@@ -1316,13 +1322,14 @@ impl Tally {
         for p in &self.published {
             writeln!(
                 out,
-                "  publisher {}: acked={} replayed_200={} attempts={} 503={} 429={} transport_errors={} other={:?} \
+                "  publisher {}: acked={} replayed_200={} attempts={} 503={} (unconfirmed {}) 429={} transport_errors={} other={:?} \
                  unresolved={:?}",
                 p.story,
                 p.acked.len(),
                 p.replayed(),
                 p.attempts,
                 p.unavailable,
+                p.unconfirmed,
                 p.rate_limited,
                 p.transport_errors,
                 p.other_statuses,
