@@ -65,9 +65,10 @@ async fn serve(redis: &RedisServer, admissions: u32, logs: &std::path::Path) -> 
             ("STORYLINE_STREAMS_PER_PRINCIPAL", "0"),
             ("STORYLINE_PUBLISH_RATE_ADMIN", "0"),
             ("STORYLINE_PUBLISH_RATE_PER_STORY", "0"),
-            // Two workers per core of this 2-core machine: a POST waits for its own worker's turn, and with one
-            // worker per core a burst of stream opens queued ahead of it on that worker (measured: publish p99
-            // 7-34x unloaded with 2 workers, 2-7x with 4 or 8; BENCHMARKS.md).
+            // Two workers per core of this 2-core machine: a POST waits for its own worker's turn behind the
+            // stream opens queued on it, which matters most in this unoptimised test build (publish p99 7-34x
+            // unloaded with 2 workers, 2-7x with 4 or 8). A release build stays within 1.4-4.9x with 2 workers
+            // and 1.9-3.9x with 4 (BENCHMARKS.md).
             ("STORYLINE_WORKERS", WORKERS),
             ("STORYLINE_LOG_FORMAT", "json"),
             ("RUST_LOG", "info"),
