@@ -63,8 +63,8 @@ const CHANNEL_CAPACITY: usize = 256;
 const READ_COUNT: u64 = 512;
 /// Entries read per XRANGE page while a tail catches up.
 const CATCH_UP_PAGE: usize = 512;
-/// Cluster: slot groups read concurrently in one poll. fred pipelines them per node, so this bounds the commands
-/// in flight (and the replies buffered at once), not round trips.
+/// Groups read concurrently in one round (on a cluster: slot groups; fred pipelines them per node, so this bounds
+/// the commands in flight and the replies buffered at once, not round trips).
 const CONCURRENT_SLOT_READS: usize = 64;
 
 /// How the read loop waits for new entries.
@@ -156,10 +156,7 @@ impl Tailer {
             joined: Arc::new(Notify::new()),
             blocks: matches!(mode, ReadMode::Block(_)),
         });
-        match mode {
-            ReadMode::Block(block) => tokio::spawn(read_loop(Arc::downgrade(&shared), block)),
-            ReadMode::PollBySlot(interval) => tokio::spawn(poll_by_slot_loop(Arc::downgrade(&shared), interval)),
-        };
+        tokio::spawn(read_loop(Arc::downgrade(&shared), mode));
         Self { shared }
     }
 
@@ -297,10 +294,13 @@ async fn interrupt_until_seen(shared: Arc<Shared>, generation: u64) {
     }
 }
 
-async fn read_loop(shared: std::sync::Weak<Shared>, block: Duration) {
-    let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
-    let options = Options { timeout: Some(block + Duration::from_secs(10)), ..Default::default() };
-    let mut backoff = Duration::from_millis(50);
+/// The read loop. Each round reads the read set, one `XREAD` per group ([`read_groups`]: all stories in one group
+/// when blocking, one group per hash slot when polling a cluster), issued together, and publishes what came
+/// back. Polling, it then pauses `interval` unless a page came back full (more is waiting) or a story joins.
+/// A group that failed keeps its cursors, so the next round reads the same entries; the loop backs off first.
+async fn read_loop(shared: std::sync::Weak<Shared>, mode: ReadMode) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let Some(shared) = shared.upgrade() else { return };
         let wake = Arc::clone(&shared.joined);
@@ -308,65 +308,15 @@ async fn read_loop(shared: std::sync::Weak<Shared>, block: Duration) {
         tokio::pin!(joined);
         joined.as_mut().enable();
         let generation = shared.wanted_generation.load(Ordering::SeqCst);
-        let (keys, ids): (Vec<String>, Vec<String>) = {
-            let stories = lock(&shared.stories);
-            stories.iter().map(|(story, feed)| (keys::log(story), feed.cursor.to_string())).unzip()
-        };
+        let groups = read_groups(&lock(&shared.stories), mode);
         shared.reading_generation.store(generation, Ordering::SeqCst);
-        if keys.is_empty() {
-            drop(shared);
-            joined.await;
-            continue;
-        }
-        let reply: Result<Value, _> =
-            shared.reader.with_options(&options).xread(Some(READ_COUNT), Some(block_ms), keys, ids).await;
-        match reply {
-            Ok(reply) => {
-                let batches = decode_reply(reply);
-                // Entries are published only with the trimming state read after them; if that read fails the
-                // cursors stay put and the next XREAD returns the same entries.
-                match trimmed_through(&shared.reader, &batches).await {
-                    Ok(trimmed) => {
-                        backoff = Duration::from_millis(50);
-                        publish(&shared, batches, &trimmed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "redis tail could not read trimming state; retrying");
-                        drop(shared);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                }
-            }
-            Err(e) if e.kind() == &fred::error::ErrorKind::Canceled => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "redis tail read failed; retrying");
-                drop(shared);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// The cluster read loop: every poll, one non-blocking `XREAD` per hash slot of the read set, issued together;
-/// then, unless a page came back full (more is waiting), a pause of `interval` that a joining story cuts short.
-async fn poll_by_slot_loop(shared: std::sync::Weak<Shared>, interval: Duration) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let Some(shared) = shared.upgrade() else { return };
-        let wake = Arc::clone(&shared.joined);
-        let joined = wake.notified();
-        tokio::pin!(joined);
-        joined.as_mut().enable();
-        let groups = slot_groups(&lock(&shared.stories));
         if groups.is_empty() {
             drop(shared);
             joined.await;
             continue;
         }
         let reads: Vec<_> = futures::stream::iter(groups)
-            .map(|(keys, ids)| read_slot_group(&shared.reader, keys, ids))
+            .map(|(keys, ids)| read_group(&shared.reader, keys, ids, mode))
             .buffer_unordered(CONCURRENT_SLOT_READS)
             .collect()
             .await;
@@ -377,7 +327,6 @@ async fn poll_by_slot_loop(shared: std::sync::Weak<Shared>, interval: Duration) 
                     batches.extend(group_batches);
                     trimmed.extend(group_trimmed);
                 }
-                // A failed group keeps its cursors; the next poll reads the same entries.
                 Err(e) => failure = Some(e),
             }
         }
@@ -386,13 +335,15 @@ async fn poll_by_slot_loop(shared: std::sync::Weak<Shared>, interval: Duration) 
         publish(&shared, batches, &trimmed);
         drop(shared);
         if let Some(e) = failure {
-            tracing::warn!(error = %e, "redis cluster tail read failed; retrying");
+            tracing::warn!(error = %e, "redis tail read failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
-        backoff = Duration::from_millis(50);
-        if !more_waiting {
+        backoff = FIRST_BACKOFF;
+        if let ReadMode::PollBySlot(interval) = mode
+            && !more_waiting
+        {
             tokio::select! {
                 () = &mut joined => {}
                 () = tokio::time::sleep(interval) => {}
@@ -401,25 +352,45 @@ async fn poll_by_slot_loop(shared: std::sync::Weak<Shared>, interval: Duration) 
     }
 }
 
-/// The read set as `(keys, cursors)` per hash slot: what one `XREAD` may name on a cluster.
-fn slot_groups(stories: &HashMap<StoryId, StoryFeed>) -> Vec<(Vec<String>, Vec<String>)> {
+/// The read set as `(keys, cursors)` groups, one `XREAD` each: a single group when blocking on one server; on a
+/// cluster one per hash slot, as a multi-key command must stay in one slot.
+fn read_groups(stories: &HashMap<StoryId, StoryFeed>, mode: ReadMode) -> Vec<(Vec<String>, Vec<String>)> {
     let mut groups: HashMap<u16, (Vec<String>, Vec<String>)> = HashMap::new();
     for (story, feed) in stories {
         let key = keys::log(story);
-        let group = groups.entry(fred::util::redis_keyslot(key.as_bytes())).or_default();
+        let slot = match mode {
+            ReadMode::Block(_) => 0,
+            ReadMode::PollBySlot(_) => fred::util::redis_keyslot(key.as_bytes()),
+        };
+        let group = groups.entry(slot).or_default();
         group.0.push(key);
         group.1.push(feed.cursor.to_string());
     }
     groups.into_values().collect()
 }
 
-/// One slot group's new entries, with the trimming state read after them (same slot, same node).
-async fn read_slot_group(
+/// One group's new entries, with the trimming state read after them (same slot, same node): entries are published
+/// only with it, so if that read fails the cursors stay put and the next round returns the same entries. Blocking,
+/// the `XREAD` waits up to the block time; interrupted by a joining story (`CLIENT UNBLOCK`), it yields nothing.
+async fn read_group(
     reader: &Client,
     keys: Vec<String>,
     ids: Vec<String>,
+    mode: ReadMode,
 ) -> Result<(Vec<(StoryId, Vec<StoredEvent>)>, Vec<Option<EventId>>), BrokerError> {
-    let reply: Value = reader.xread(Some(READ_COUNT), None, keys, ids).await.map_err(crate::unavailable)?;
+    let reply: Result<Value, _> = match mode {
+        ReadMode::Block(block) => {
+            let options = Options { timeout: Some(block + Duration::from_secs(10)), ..Default::default() };
+            let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+            reader.with_options(&options).xread(Some(READ_COUNT), Some(block_ms), keys, ids).await
+        }
+        ReadMode::PollBySlot(_) => reader.xread(Some(READ_COUNT), None, keys, ids).await,
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) if e.kind() == &fred::error::ErrorKind::Canceled => Value::Null,
+        Err(e) => return Err(crate::unavailable(e)),
+    };
     let batches = decode_reply(reply);
     let trimmed = trimmed_through(reader, &batches).await?;
     Ok((batches, trimmed))
