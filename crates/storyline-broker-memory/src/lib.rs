@@ -1,6 +1,6 @@
 //! The embedded, in-memory broker: storyline's zero-setup default.
 //!
-//! Each story is a bounded log (a `VecDeque` of at most `Retention::max_events` events) behind a short-lived
+//! Each story is a bounded log (a `VecDeque` of at most `LogRetention::max_events` events) behind a short-lived
 //! mutex, with a [`tokio::sync::Notify`] that wakes tails when an event is appended. Ids are assigned exactly as
 //! Redis Streams assigns them (`<ms>-<seq>`, never going backwards), so clients cannot tell the brokers apart.
 //!

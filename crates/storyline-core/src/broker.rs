@@ -73,22 +73,19 @@ pub struct LogRetention {
 /// remembered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
-    /// Events kept per story, unless its namespace says otherwise (see [`LogRetention::max_events`]).
-    pub max_events: NonZeroUsize,
-    /// The age limit per story, unless its namespace says otherwise (see [`LogRetention::max_age`]).
-    pub max_age: Option<Duration>,
+    /// What a story keeps unless its namespace says otherwise.
+    pub log: LogRetention,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
-    /// Per-namespace retention (the namespace: [`StoryId::namespace`]), replacing both defaults for the stories
-    /// of that namespace.
+    /// Per-namespace retention (the namespace: [`StoryId::namespace`]), replacing [`Retention::log`] for the stories of
+    /// that namespace.
     pub namespaces: Arc<BTreeMap<String, LogRetention>>,
 }
 
 impl Default for Retention {
     fn default() -> Self {
         Self {
-            max_events: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
-            max_age: None,
+            log: LogRetention { max_events: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN), max_age: None },
             idempotency_window: Duration::from_secs(24 * 60 * 60),
             namespaces: Arc::default(),
         }
@@ -98,10 +95,7 @@ impl Default for Retention {
 impl Retention {
     /// What `story` keeps: its namespace's retention if it has one, else the defaults.
     pub fn for_story(&self, story: &StoryId) -> LogRetention {
-        self.namespaces
-            .get(story.namespace())
-            .copied()
-            .unwrap_or(LogRetention { max_events: self.max_events, max_age: self.max_age })
+        self.namespaces.get(story.namespace()).copied().unwrap_or(self.log)
     }
 
     /// The same, with `namespace`'s stories keeping `retention`.

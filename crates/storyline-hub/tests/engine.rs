@@ -230,7 +230,8 @@ async fn a_subscriber_behind_the_window_catches_up_from_the_log_without_loss(kin
 }
 
 async fn catching_up_past_retention_reports_a_gap_never_a_silent_hole(kind: Kind) {
-    let retention = Retention { max_events: NonZeroUsize::new(5).unwrap(), ..Retention::default() };
+    let mut retention = Retention::default();
+    retention.log.max_events = NonZeroUsize::new(5).unwrap();
     let (broker, _redis) = broker(kind, retention).await;
     let seen = Arc::new(Recorded::default());
     let hub = Hub::with_observer(broker.clone(), HubConfig { window: 8, ..HubConfig::default() }, seen.clone());

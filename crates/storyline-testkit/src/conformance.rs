@@ -25,8 +25,8 @@ use std::{
 
 use futures::{StreamExt, future::BoxFuture};
 use storyline_core::{
-    Appended, Broker, EventData, EventId, EventStream, EventType, IdempotencyKey, LogBounds, MAX_PAGE_LIMIT, Metadata,
-    NewEvent, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
+    Appended, Broker, EventData, EventId, EventStream, EventType, IdempotencyKey, LogBounds, LogRetention,
+    MAX_PAGE_LIMIT, Metadata, NewEvent, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
 
 use crate::{DEFAULT_DEADLINE, poll_until};
@@ -137,8 +137,7 @@ fn now_ms() -> u64 {
 
 fn retention(max_events: usize, idempotency_window: Duration) -> Retention {
     Retention {
-        max_events: NonZeroUsize::new(max_events).expect("max_events > 0"),
-        max_age: None,
+        log: LogRetention { max_events: NonZeroUsize::new(max_events).expect("max_events > 0"), max_age: None },
         idempotency_window,
         ..Retention::default()
     }
@@ -679,7 +678,8 @@ pub async fn retention_by_age_drops_old_events_when_the_story_is_next_appended_t
     const CASE: &str = "retention_by_age_drops_old_events_when_the_story_is_next_appended_to";
     const MAX_AGE: Duration = Duration::from_millis(300);
     // Arrange
-    let retention = Retention { max_age: Some(MAX_AGE), ..retention(1_000, Duration::from_secs(60)) };
+    let mut retention = retention(1_000, Duration::from_secs(60));
+    retention.log.max_age = Some(MAX_AGE);
     let broker = factory.make(retention).await;
     let story = story("aged");
     let old = append_numbered(CASE, &*broker, &story, 0..3).await;
@@ -725,8 +725,8 @@ pub async fn retention_follows_the_story_namespace_by_count_and_by_age(factory: 
     // Arrange: defaults keep 1,000 events of any age; `brief` keeps 5, `fleeting` keeps 1,000 for 300 ms.
     let count = |n: usize| NonZeroUsize::new(n).expect("n > 0");
     let retention = retention(1_000, Duration::from_secs(60))
-        .with_namespace("brief", storyline_core::LogRetention { max_events: count(BRIEF), max_age: None })
-        .with_namespace("fleeting", storyline_core::LogRetention { max_events: count(1_000), max_age: Some(MAX_AGE) });
+        .with_namespace("brief", LogRetention { max_events: count(BRIEF), max_age: None })
+        .with_namespace("fleeting", LogRetention { max_events: count(1_000), max_age: Some(MAX_AGE) });
     let broker = factory.make(retention).await;
     let (brief, brief_bare, other) = (story("brief:chapter-1"), story("brief"), story("other:chapter-1"));
     let fleeting = story("fleeting:chat");

@@ -209,11 +209,11 @@ fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 struct EnvSource(Dict);
 
 const PREFIX: &str = "STORYLINE_";
-/// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern; the probe's
-/// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings).
 /// URL schemes fred connects with: a server (optionally over a Unix socket), a cluster, or a server found
 /// through Sentinel.
 const REDIS_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://", "redis-cluster://", "redis-sentinel://"];
+/// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern; the probe's
+/// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings).
 const NOT_SETTINGS: &[&str] = &["config", "probe_token"];
 const NUMERIC: &[&str] = &[
     "heartbeat_secs",
@@ -281,6 +281,11 @@ impl Provider for EnvSource {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         Ok(Profile::Default.collect(self.0.clone()))
     }
+}
+
+/// An age limit in seconds as retention takes it: `0` means none.
+fn max_age(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 impl Settings {
@@ -496,8 +501,10 @@ impl Settings {
 
     pub(crate) fn retention(&self) -> anyhow::Result<Retention> {
         let defaults = Retention {
-            max_events: NonZeroUsize::new(self.retention_max_events).unwrap_or(NonZeroUsize::MIN),
-            max_age: (self.retention_max_age_secs > 0).then(|| Duration::from_secs(self.retention_max_age_secs)),
+            log: LogRetention {
+                max_events: NonZeroUsize::new(self.retention_max_events).unwrap_or(NonZeroUsize::MIN),
+                max_age: max_age(self.retention_max_age_secs),
+            },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             ..Retention::default()
         };
@@ -527,8 +534,7 @@ impl Settings {
                 if !seen.insert(namespace.to_owned()) {
                     bail!("retention_namespaces names {namespace:?} twice");
                 }
-                let max_age = (age_secs > 0).then(|| Duration::from_secs(age_secs));
-                Ok((namespace.to_owned(), LogRetention { max_events, max_age }))
+                Ok((namespace.to_owned(), LogRetention { max_events, max_age: max_age(age_secs) }))
             })
             .collect()
     }

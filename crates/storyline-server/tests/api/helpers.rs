@@ -31,7 +31,9 @@ impl Deref for Env {
 }
 
 pub(crate) fn retention(max_events: usize) -> Retention {
-    Retention { max_events: NonZeroUsize::new(max_events).unwrap(), ..Retention::default() }
+    let mut retention = Retention::default();
+    retention.log.max_events = NonZeroUsize::new(max_events).unwrap();
+    retention
 }
 
 pub(crate) async fn broker(kind: Kind, retention: Retention) -> (Arc<dyn Broker>, Option<RedisServer>) {
