@@ -121,10 +121,15 @@ impl Shutdown {
 
     pub(crate) fn stream_closed(&self) {
         self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
-        self.0.stream_closed.notify_waiters();
+        // Only [`Shutdown::streams_closed`] listens, and only while draining: no waker work per close otherwise.
+        // (It checks the count after it starts listening, so a close just before the drain is not missed.)
+        if self.is_draining() {
+            self.0.stream_closed.notify_waiters();
+        }
     }
 
-    /// Waits until no stream is open, or `limit` has passed.
+    /// Waits until no stream is open, or `limit` has passed. Call it once the drain is triggered: closes are only
+    /// signalled while draining.
     pub async fn streams_closed(&self, limit: Duration) {
         let all_closed = async {
             loop {

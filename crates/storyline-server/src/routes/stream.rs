@@ -16,8 +16,9 @@
 //! delivered id once the broker is back: browsers' `EventSource` never retries after a non-200 answer, so the
 //! only errors a stream open returns are the client's own (400, 401, 403) and draining (503).
 //! At shutdown every stream ends at a frame boundary, at its own random moment in the drain window, after a
-//! last jittered `retry:` frame, so that readers reconnect to the other instances spread out, not in one burst. When the token's `exp` passes, the stream ends after an
-//! `event: token-expired` frame; the client resumes with a new token and `Last-Event-ID`.
+//! last jittered `retry:` frame, so that readers reconnect to the other instances spread out, not in one burst.
+//! When the token's `exp` passes, the stream ends after an `event: token-expired` frame; the client resumes with
+//! a new token and `Last-Event-ID`.
 
 use std::{
     collections::VecDeque,
