@@ -329,6 +329,7 @@ async fn a_reconnect_storm_is_admitted_at_the_configured_rate_and_no_reader_lose
     let (mut delivered, mut missing, mut unexpected, mut on_wire, mut redelivered) = (0, 0, 0, 0, 0);
     let (mut refusals, mut refused_readers, mut waits) = (0, 0, BTreeMap::<u64, usize>::new());
     let (mut first_retry_min, mut first_retry_max) = (None::<Instant>, None::<Instant>);
+    let (mut admitted_min, mut admitted_max) = (None::<Instant>, None::<Instant>);
     for r in &readers {
         let r = r.lock().unwrap();
         let want: HashSet<&String> = acked.get(&r.story).into_iter().flatten().collect();
@@ -346,6 +347,10 @@ async fn a_reconnect_storm_is_admitted_at_the_configured_rate_and_no_reader_lose
         if let Some(t) = r.first_retry {
             first_retry_min = Some(first_retry_min.map_or(t, |m| m.min(t)));
             first_retry_max = Some(first_retry_max.map_or(t, |m| m.max(t)));
+        }
+        if let Some(t) = r.admitted {
+            admitted_min = Some(admitted_min.map_or(t, |m| m.min(t)));
+            admitted_max = Some(admitted_max.map_or(t, |m| m.max(t)));
         }
     }
     let spread = first_retry_max.zip(first_retry_min).map(|(max, min)| max - min).unwrap_or_default();
@@ -367,6 +372,12 @@ async fn a_reconnect_storm_is_admitted_at_the_configured_rate_and_no_reader_lose
         p99_storm.as_secs_f64() / p99_unloaded.as_secs_f64(),
     );
     assert_eq!((missing, unexpected, on_wire), (0, 0, 0), "no loss, nothing foreign, no duplicate on a connection");
+    assert_eq!(redelivered, 0, "every reader resumed exactly after its Last-Event-ID");
+    // The admission rate, not a performance figure: at ADMISSIONS_PER_SEC with a burst of one second's worth, B
+    // cannot have admitted READERS new streams in less than (READERS - burst) / rate seconds.
+    let floor = Duration::from_secs(((READERS - ADMISSIONS_PER_SEC as usize) / ADMISSIONS_PER_SEC as usize) as u64);
+    let admitting = admitted_max.zip(admitted_min).map(|(max, min)| max - min).unwrap_or_default();
+    assert!(admitting >= floor, "B admitted {READERS} streams over {admitting:?}, faster than its rate allows");
     assert!(refusals > 0, "past its admission rate B refused some readers with 503 + Retry-After");
     assert!(waits.keys().all(|w| (1..=60).contains(w)), "Retry-After within 1..=60 s: {waits:?}");
 }

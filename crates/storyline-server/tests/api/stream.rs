@@ -290,8 +290,10 @@ async fn a_drain_ends_streams_one_by_one_over_its_window_while_the_instance_keep
         "urn:storyline:problem:draining"
     );
 
-    // Each stream ends on its own: whenever one ends, the others may still be open, and they still get events
-    // published meanwhile (to this instance, which keeps serving while a load balancer catches up).
+    // Each stream ends on its own: whenever one ends, the others may still be open; and the instance still takes
+    // POSTs meanwhile (a load balancer needs a moment to act on readiness). That the streams still open deliver
+    // them is the rolling-deploy fault test's count (`tests/faults/rolling_deploy.rs`): here a stream may reach
+    // its drain moment before a given event reaches it.
     let mut ended = Vec::new();
     let mut open_when_one_ended = Vec::new();
     let mut tasks: futures::stream::FuturesUnordered<_> = streams

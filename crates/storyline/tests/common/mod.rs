@@ -37,9 +37,14 @@ impl Drop for Running {
 
 impl Running {
     pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.signal("-TERM");
         self.0.wait().unwrap()
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`...) with `kill`.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} {pid}");
     }
 }
 

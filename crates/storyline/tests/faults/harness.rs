@@ -23,9 +23,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt::Write as _,
-    io::{BufRead, BufReader},
-    process::{Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, RwLock, mpsc},
+    process::ExitStatus,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -180,35 +179,13 @@ impl Instance {
     /// Starts `storyline serve` with exactly `env` and waits (blocking) for it to log its address.
     fn start(env: &[(String, String)]) -> Self {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut child = common::command(&["serve"], &env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start storyline serve");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let (process, lines) = common::spawn(&["serve"], &env);
+        let url = common::logged_base_url(&lines);
+        // The lines after the address: what the tests look for (stream opens and closes, drain).
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (address_tx, address_rx) = mpsc::channel();
         let collected = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("listening")
-                    && let Some(address) = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next())
-                {
-                    let _ = address_tx.send(format!("http://{address}"));
-                }
-                collected.lock().unwrap().push(line);
-            }
-        });
-        let process = common::Running(child);
-        let url = address_rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!("storyline serve did not log its address; its log:\n{}", logs.lock().unwrap().join("\n"))
-        });
+        std::thread::spawn(move || lines.into_iter().for_each(|line| collected.lock().unwrap().push(line)));
         Self { process: Some(process), url, logs }
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub(crate) fn url(&self) -> &str {
-        &self.url
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -221,9 +198,7 @@ impl Instance {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().expect("run kill");
-        assert!(status.success(), "kill {signal} {pid}");
+        self.process.as_ref().expect("a running instance").signal(signal);
     }
 }
 
@@ -282,14 +257,6 @@ impl Cluster {
         .expect("start the cluster")
     }
 
-    /// Starts one more instance with the cluster's environment plus `extra`; its slot.
-    pub(crate) async fn add_instance(&mut self, extra: &[(&str, &str)]) -> usize {
-        let instance = self.launch(extra).await;
-        self.endpoints.write().unwrap().push(instance.url.clone());
-        self.instances.push(instance);
-        self.instances.len() - 1
-    }
-
     /// Starts a new process in slot `i` (the old one must have exited or been killed): a new port, which
     /// [`Targets`] pick up at their next connect. What a rolling deploy does to one instance.
     pub(crate) async fn replace(&mut self, i: usize, extra: &[(&str, &str)]) {
@@ -339,14 +306,24 @@ impl Cluster {
     /// Waits for instance `i` to exit, within `within`.
     pub(crate) async fn wait_exit(&mut self, i: usize, within: Duration) -> ExitStatus {
         let process = self.instances[i].process.as_mut().expect("a running instance");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = process.0.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "instance {i} did not exit within {within:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(&format!("instance {i} exits within {within:?}"), within, || {
+            let exited = process.0.try_wait().expect("try_wait");
+            async move { exited }
+        })
+        .await
+    }
+
+    /// The sum of the series of `metric` on instance `i` whose labels contain `labels` (`""`: all of them), or
+    /// `None` if the instance did not answer.
+    pub(crate) async fn metric_total(&self, i: usize, metric: &str, labels: &str) -> Option<f64> {
+        let text = self.client.get(format!("{}/metrics", self.url(i))).send().await.ok()?.text().await.ok()?;
+        let series = format!("{metric}{{");
+        let total = text
+            .lines()
+            .filter(|line| line.starts_with(&series) && line.contains(labels))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Some(total)
     }
 
     /// `GET /readyz` of instance `i`: its status, or `None` if it did not answer within two seconds.
@@ -372,31 +349,23 @@ impl Cluster {
     }
 
     /// A story's whole retained history, oldest first. Each page comes from the first instance that answers it;
-    /// when none does (an instance killed, Redis restarting), the page is asked again until [`DEADLINE`].
+    /// when none does (an instance killed, Redis restarting), the page is asked again for up to [`DEADLINE`].
     pub(crate) async fn history(&self, story: &str) -> Vec<Stored> {
         let mut events = Vec::new();
         let mut after = "0".to_owned();
-        let deadline = Instant::now() + DEADLINE;
         // Bounded: a fault test stores far fewer than 10,000 pages.
         for _ in 0..10_000 {
-            let urls: Vec<String> = self.endpoints.read().unwrap().clone();
-            let mut failures = Vec::new();
-            let mut page = None;
-            for url in &urls {
-                match history_page(&self.client, url, &self.reader_token, story, &after).await {
-                    Ok(answer) => {
-                        page = Some(answer);
-                        break;
+            let what = format!("an instance answers the history of {story} after {after}");
+            let (mut got, next) = poll_until(&what, DEADLINE, || async {
+                let urls: Vec<String> = self.endpoints.read().unwrap().clone();
+                for url in &urls {
+                    if let Ok(page) = history_page(&self.client, url, &self.reader_token, story, &after).await {
+                        return Some(page);
                     }
-                    Err(e) => failures.push(format!("{url}: {e}")),
                 }
-            }
-            let Some((mut got, next)) = page else {
-                assert!(Instant::now() < deadline, "no instance answered the history of {story}: {failures:?}");
-                // A retry pause while instances come back: not a wait for a condition.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
+                None
+            })
+            .await;
             events.append(&mut got);
             match next {
                 Some(next) => after = next,
@@ -407,8 +376,8 @@ impl Cluster {
     }
 
     /// Starts a publisher of `story` (see [`Publisher`]).
-    pub(crate) fn publisher(&self, story: &str, targets: Targets, options: PublishOptions) -> Publisher {
-        Publisher::spawn(self.client.clone(), self.writer_token.clone(), story, targets, options)
+    pub(crate) fn publisher(&self, story: &str, targets: Targets) -> Publisher {
+        Publisher::spawn(self.client.clone(), self.writer_token.clone(), story, targets)
     }
 
     /// Starts a subscriber of `story` (see [`Subscriber`]).
@@ -422,15 +391,13 @@ impl Cluster {
         Subscriber::spawn(self.client.clone(), self.reader_token.clone(), name, story, targets, options)
     }
 
-    /// One publisher per story (default options), story `n` preferring instance `n % 2` and falling back to the
+    /// One publisher per story, story `n` preferring instance `n % 2` and falling back to the
     /// other; returns once each has had `warm_up` events acknowledged.
     pub(crate) async fn publishers_alternating(&self, stories: &[impl AsRef<str>], warm_up: usize) -> Vec<Publisher> {
         let publishers: Vec<Publisher> = stories
             .iter()
             .enumerate()
-            .map(|(n, story)| {
-                self.publisher(story.as_ref(), self.targets(&[n % 2, 1 - n % 2]), PublishOptions::default())
-            })
+            .map(|(n, story)| self.publisher(story.as_ref(), self.targets(&[n % 2, 1 - n % 2])))
             .collect();
         for publisher in &publishers {
             publisher.wait_acked(warm_up).await;
@@ -640,44 +607,30 @@ async fn history_page(
 // Publisher
 // ------------------------------------------------------------------------------------------------------------
 
-/// How a [`Publisher`] publishes.
-#[derive(Debug, Clone)]
-pub(crate) struct PublishOptions {
-    /// Time between the starts of two events (a pacing interval, not a wait).
-    pub(crate) pace: Duration,
-    /// Client timeout of one attempt; past it the answer counts as lost and the event is retried (same key) on
-    /// the next target.
-    pub(crate) request_timeout: Duration,
-    /// How long one event is retried before the publisher records it as unresolved and moves on.
-    pub(crate) give_up_after: Duration,
-    /// Pause before retrying after a transport error (a `Retry-After` answer sets its own).
-    pub(crate) retry_pause: Duration,
-    /// Stop after this many events, if set.
-    pub(crate) max_events: Option<u64>,
-}
-
-impl Default for PublishOptions {
-    fn default() -> Self {
-        Self {
-            pace: Duration::from_millis(20),
-            request_timeout: Duration::from_secs(3),
-            give_up_after: Duration::from_secs(30),
-            retry_pause: Duration::from_millis(50),
-            max_events: None,
-        }
-    }
-}
+/// A [`Publisher`]'s time between the starts of two events (a pacing interval, not a wait).
+const PUBLISH_PACE: Duration = Duration::from_millis(20);
+/// Client timeout of one POST; past it the answer counts as lost and the event is retried (same key) on the next
+/// target.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one event is retried before the publisher records it as unresolved and moves on.
+const PUBLISH_GIVE_UP: Duration = Duration::from_secs(30);
+/// Pause before retrying after a transport error (a `Retry-After` answer sets its own).
+const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// One acknowledged event.
 #[derive(Debug, Clone)]
 pub(crate) struct Ack {
-    pub(crate) key: String,
     pub(crate) id: EventId,
     /// 201, or 200 when an earlier attempt with this key had appended it and its answer was lost.
     pub(crate) status: u16,
-    pub(crate) attempts: u32,
-    /// The slot that acknowledged it.
-    pub(crate) slot: usize,
+}
+
+impl Ack {
+    /// The acknowledgement an answered POST carries.
+    pub(crate) fn of(attempt: &Attempt) -> Self {
+        let id = attempt.receipt.as_ref().unwrap_or_else(|| panic!("a receipt: {attempt:?}")).id;
+        Self { id, status: attempt.status.unwrap_or_else(|| panic!("an answer: {attempt:?}")) }
+    }
 }
 
 /// What a publisher did.
@@ -697,8 +650,6 @@ pub(crate) struct PublishReport {
     /// No answer: connection refused or reset, or the client timed out.
     pub(crate) transport_errors: u64,
     pub(crate) other_statuses: BTreeMap<u16, u64>,
-    /// The longest `Retry-After` honoured, in seconds.
-    pub(crate) longest_retry_after: u64,
 }
 
 impl PublishReport {
@@ -725,11 +676,10 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    fn spawn(client: reqwest::Client, token: String, story: &str, targets: Targets, options: PublishOptions) -> Self {
+    fn spawn(client: reqwest::Client, token: String, story: &str, targets: Targets) -> Self {
         let state = Arc::new(Mutex::new(PublishReport { story: story.to_owned(), ..PublishReport::default() }));
         let (stop, stopped) = watch::channel(false);
-        let task =
-            tokio::spawn(publish_loop(client, token, story.to_owned(), targets, options, Arc::clone(&state), stopped));
+        let task = tokio::spawn(publish_loop(client, token, story.to_owned(), targets, Arc::clone(&state), stopped));
         Self { story: story.to_owned(), state, stop, task }
     }
 
@@ -763,32 +713,30 @@ async fn publish_loop(
     token: String,
     story: String,
     targets: Targets,
-    options: PublishOptions,
     state: Arc<Mutex<PublishReport>>,
     stopped: watch::Receiver<bool>,
 ) {
-    let mut pace = tokio::time::interval(options.pace);
+    let mut pace = tokio::time::interval(PUBLISH_PACE);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pos = 0;
-    for seq in 0..options.max_events.unwrap_or(u64::MAX) {
+    // Bounded by the stop signal, which every test sends.
+    for seq in 0.. {
         pace.tick().await;
         if *stopped.borrow() {
             return;
         }
         let key = format!("{story}-{seq}");
-        let give_up = Instant::now() + options.give_up_after;
-        let mut attempts = 0u32;
+        let give_up = Instant::now() + PUBLISH_GIVE_UP;
         loop {
-            attempts += 1;
-            let (slot, url) = targets.at(pos);
-            let attempt = post_event(&client, &url, &token, &story, &key, seq, options.request_timeout).await;
+            let (_, url) = targets.at(pos);
+            let attempt = post_event(&client, &url, &token, &story, &key, seq, PUBLISH_TIMEOUT).await;
             let pause = {
                 let mut report = state.lock().unwrap();
                 report.attempts += 1;
                 match attempt.status {
                     Some(status @ (200 | 201)) => {
                         let id = attempt.receipt.expect("a receipt").id;
-                        report.acked.push(Ack { key: key.clone(), id, status, attempts, slot });
+                        report.acked.push(Ack { id, status });
                         break;
                     }
                     Some(code @ (503 | 429)) => {
@@ -800,7 +748,6 @@ async fn publish_loop(
                             report.rate_limited += 1;
                         }
                         let secs = attempt.retry_after.unwrap_or_else(|| panic!("{code} without Retry-After"));
-                        report.longest_retry_after = report.longest_retry_after.max(secs);
                         Duration::from_secs(secs.max(1))
                     }
                     Some(code) => {
@@ -810,12 +757,12 @@ async fn publish_loop(
                             report.unresolved.push(format!("{key} ({code}: {})", attempt.error.unwrap_or_default()));
                             break;
                         }
-                        options.retry_pause
+                        PUBLISH_RETRY_PAUSE
                     }
                     None => {
                         report.transport_errors += 1;
                         pos += 1;
-                        options.retry_pause
+                        PUBLISH_RETRY_PAUSE
                     }
                 }
             };
@@ -832,18 +779,6 @@ async fn publish_loop(
 // ------------------------------------------------------------------------------------------------------------
 // Subscriber
 // ------------------------------------------------------------------------------------------------------------
-
-/// Where a subscriber's first connection starts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum StartAt {
-    /// `Last-Event-ID: 0`: from the oldest retained event. For a story created by the test, the same as "from
-    /// when the test started" without any race with the publishers, and a reconnect before the first event
-    /// still loses nothing.
-    Beginning,
-    /// No `Last-Event-ID`: only events appended after the stream opened. A reconnect before the first event
-    /// sends none either (what a browser does), so events between the two connections are not delivered.
-    Now,
-}
 
 /// Where a subscriber reconnects after its stream ends or breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -865,24 +800,18 @@ pub(crate) enum ReconnectDelay {
 /// How a [`Subscriber`] reads.
 #[derive(Debug, Clone)]
 pub(crate) struct SubscribeOptions {
-    pub(crate) start: StartAt,
     pub(crate) reconnect: Reconnect,
     pub(crate) delay: ReconnectDelay,
-    /// A connection silent for this long (not even a heartbeat) is dropped and reconnected.
-    pub(crate) idle_timeout: Duration,
-    /// Bound on getting response headers of a stream open.
-    pub(crate) open_timeout: Duration,
 }
+
+/// A subscriber's connection silent for this long (not even a heartbeat) is dropped and reconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(HEARTBEAT.as_secs() * 5);
+/// Bound on getting the response headers of a stream open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for SubscribeOptions {
     fn default() -> Self {
-        Self {
-            start: StartAt::Beginning,
-            reconnect: Reconnect::NextTarget,
-            delay: ReconnectDelay::Fixed(Duration::from_millis(50)),
-            idle_timeout: HEARTBEAT * 5,
-            open_timeout: Duration::from_secs(5),
-        }
+        Self { reconnect: Reconnect::NextTarget, delay: ReconnectDelay::Fixed(Duration::from_millis(50)) }
     }
 }
 
@@ -969,11 +898,6 @@ impl Subscriber {
         Self { name: name.to_owned(), story: story.to_owned(), state, stop, task }
     }
 
-    /// A copy of what it has seen so far.
-    pub(crate) fn snapshot(&self) -> SubscriberReport {
-        self.state.lock().unwrap().clone()
-    }
-
     pub(crate) fn heartbeats(&self) -> u64 {
         self.state.lock().unwrap().heartbeats
     }
@@ -1021,18 +945,17 @@ async fn subscribe_loop(
     // Bounded by the stop signal, which every test sends; a runaway reconnect loop shows in the report.
     while !*stopped.borrow() {
         let (slot, url) = targets.at(pos);
-        let resume = match (state.lock().unwrap().last_event_id.clone(), options.start) {
-            (Some(id), _) => Some(id),
-            (None, StartAt::Beginning) => Some("0".to_owned()),
-            (None, StartAt::Now) => None,
-        };
+        // The first connection starts at `0`, the oldest retained event: for a story the test created, "from when
+        // the test started" without a race with the publishers, and a reconnect before the first event loses
+        // nothing.
+        let resume = Some(state.lock().unwrap().last_event_id.clone().unwrap_or_else(|| "0".to_owned()));
         let mut request = client.get(format!("{url}/v1/stories/{story}/stream")).bearer_auth(&token);
         if let Some(id) = &resume {
             request = request.header("last-event-id", id);
         }
         let opened = tokio::select! {
             _ = stopped.changed() => return,
-            opened = tokio::time::timeout(options.open_timeout, request.send()) => opened,
+            opened = tokio::time::timeout(OPEN_TIMEOUT, request.send()) => opened,
         };
         let mut pause = match options.delay {
             ReconnectDelay::Fixed(d) => d,
@@ -1052,7 +975,7 @@ async fn subscribe_loop(
                     heartbeats: 0,
                     ended: None,
                 });
-                let ended = read_stream(response, &options, &state, &mut stopped).await;
+                let ended = read_stream(response, &state, &mut stopped).await;
                 if let Some(c) = state.lock().unwrap().connections.last_mut() {
                     c.ended = Some(ended);
                 }
@@ -1082,11 +1005,7 @@ async fn subscribe_loop(
                 pos += 1;
             }
             Err(_) => {
-                state
-                    .lock()
-                    .unwrap()
-                    .open_failures
-                    .push(format!("{slot}: no answer within {:?}", options.open_timeout));
+                state.lock().unwrap().open_failures.push(format!("{slot}: no answer within {:?}", OPEN_TIMEOUT));
                 pos += 1;
             }
         }
@@ -1101,7 +1020,6 @@ async fn subscribe_loop(
 /// Reads one open stream until it ends, breaks, goes idle or the subscriber is stopped; how it ended.
 async fn read_stream(
     response: reqwest::Response,
-    options: &SubscribeOptions,
     state: &Mutex<SubscriberReport>,
     stopped: &mut watch::Receiver<bool>,
 ) -> String {
@@ -1113,7 +1031,7 @@ async fn read_stream(
     loop {
         let chunk = tokio::select! {
             _ = stopped.changed() => return "stopped".to_owned(),
-            chunk = tokio::time::timeout(options.idle_timeout, body.next()) => chunk,
+            chunk = tokio::time::timeout(IDLE_TIMEOUT, body.next()) => chunk,
         };
         match chunk {
             Err(_) => return "idle".to_owned(),

@@ -24,11 +24,6 @@ async fn subscribers_on_every_instance(cluster: &Cluster, story: &str) -> Vec<Su
     subscribers
 }
 
-fn ack(key: &str, attempt: &Attempt, attempts: u32, slot: usize) -> Ack {
-    let id = attempt.receipt.as_ref().unwrap_or_else(|| panic!("a receipt: {attempt:?}")).id;
-    Ack { key: key.to_owned(), id, status: attempt.status.expect("answered"), attempts, slot }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_another_instance_gets_the_first_receipt_and_appends_nothing() {
     let cluster = Cluster::start(2, &[]).await;
@@ -48,7 +43,7 @@ async fn a_retry_on_another_instance_gets_the_first_receipt_and_appends_nothing(
             assert_eq!(retry.status, Some(200), "{case} of {key}: {retry:?}");
             assert_eq!(retry.receipt, first.receipt, "{case} of {key}: the first receipt");
         }
-        acks.push(ack(&key, &first, 1, here));
+        acks.push(Ack::of(&first));
     }
 
     let injected = format!(
@@ -77,8 +72,7 @@ async fn concurrent_posts_with_one_key_on_two_instances_append_one_event() {
             assert!(matches!(answer.status, Some(200 | 201)), "{key}: {answer:?}");
             assert_eq!(answer.receipt, created[0].receipt, "{key}: every racer gets the one receipt");
         }
-        let slot = answers.iter().position(|a| a.status == Some(201)).unwrap() % 2;
-        acks.push(ack(&key, created[0], 1, slot));
+        acks.push(Ack::of(created[0]));
     }
 
     let injected = format!("{KEYS} keys, each POSTed {RACERS} times at once across 2 instances");
@@ -105,11 +99,9 @@ async fn a_retry_after_a_client_timeout_lands_on_another_instance_without_a_seco
     assert!(first.timed_out, "the client gave up on the first answer: {first:?}");
 
     // The retry, same key, on the other instance: until answered (503 + Retry-After while writes are held).
-    let mut attempts = 1;
     let mut unavailable = 0;
     let deadline = Instant::now() + DEADLINE;
     let retry = loop {
-        attempts += 1;
         let retry = cluster.post(1, story, &key, 1, ANSWERED).await;
         match retry.status {
             Some(200 | 201) => break retry,
@@ -149,7 +141,7 @@ async fn a_retry_after_a_client_timeout_lands_on_another_instance_without_a_seco
          retried on the other instance ({unavailable} x 503 + Retry-After first), answered {outcome}",
         first.elapsed
     );
-    let acks = vec![ack(&warm_key, &warm, 1, 0), ack(&key, &retry, attempts, 1)];
+    let acks = vec![Ack::of(&warm), Ack::of(&retry)];
     let tally = cluster.finish_manual("idempotency_lost_answer", injected, story, acks, subscribers).await;
     tally.assert_exact();
 }
@@ -200,7 +192,7 @@ async fn after_the_idempotency_window_the_same_key_appends_a_new_event() {
          again after {window_seen:.1?} ({} replays answered 200 meanwhile)",
         replays - 1
     );
-    let acks = vec![ack(&key, &first, 1, 0), ack(&key, &second, replays, 1)];
+    let acks = vec![Ack::of(&first), Ack::of(&second)];
     let tally = cluster
         .finish_manual("idempotency_window", injected, story, acks, subscribers)
         .await

@@ -52,10 +52,7 @@ async fn a_killed_instance_loses_no_acknowledged_event_and_its_readers_resume_on
     assert_eq!(retry.status, Some(200), "the retry finds the stored event: {retry:?}");
     let retried_id = retry.receipt.as_ref().expect("a receipt").id;
     assert_eq!(retried_id, stored.id, "the retry answers the stored event's id");
-    let lost_answer = PublishReport::manual(
-        lost_story,
-        vec![Ack { key: lost_key.to_owned(), id: retried_id, status: 200, attempts: 2, slot: 1 }],
-    );
+    let lost_answer = PublishReport::manual(lost_story, vec![Ack::of(&retry)]);
 
     // The killed instance's readers come back on the other; every publisher keeps being acknowledged.
     for subscriber in subscribers.iter().filter(|s| s.name.ends_with("@0")) {

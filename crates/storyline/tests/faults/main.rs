@@ -9,15 +9,16 @@
 //! - [`harness`]: the reusable part (processes, faults, publishers, subscribers, the tally).
 //! - [`redis_restart`]: Redis stopped and started again under load (fault 1).
 //! - [`instance_kill`]: `kill -9` of one of two instances under load (fault 2).
+//! - [`rolling_deploy`]: SIGTERM of each of two instances in turn, streams drained over the window (fault 3).
+//! - [`slow_readers`]: a reader that stops reading while its story carries 94 MiB (fault 4).
 //! - [`idempotency`]: retries with one `Idempotency-Key` across instances, lost answers, the window.
+//!
+//! The reconnect storm (fault 5) is `tests/storm.rs`, a binary of its own: its 5,000 readers need lean state.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
 #[path = "../common/mod.rs"]
 mod common;
 
-// The harness serves the faults to come too (rolling deploy, slow readers, reconnect storm): parts of its API
-// are not used by every fault yet.
-#[allow(dead_code)]
 mod harness;
 mod idempotency;
 mod instance_kill;

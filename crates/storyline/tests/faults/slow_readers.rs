@@ -82,11 +82,8 @@ fn complete_event_ids(bytes: &[u8]) -> Vec<EventId> {
 }
 
 async fn slow_consumer_closes(cluster: &Cluster) -> f64 {
-    let text = cluster.client.get(format!("{}/metrics", cluster.url(0))).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("storyline_connections_closed_total{") && l.contains("reason=\"slow_consumer\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let closes = cluster.metric_total(0, "storyline_connections_closed_total", "reason=\"slow_consumer\"").await;
+    closes.expect("the instance answers /metrics")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +122,7 @@ async fn a_stalled_reader_is_cut_without_growing_memory_or_slowing_others_and_lo
             assert_eq!(answer.status(), 201, "{}", answer.text().await.unwrap_or_default());
             let receipt: serde_json::Value = answer.json().await.expect("a receipt");
             let id = EventId::parse(receipt["id"].as_str().expect("an id")).expect("a valid id");
-            acked.push(Ack { key, id, status: 201, attempts: 1, slot: 0 });
+            acked.push(Ack { id, status: 201 });
             if seq % 50 == 0 {
                 rss_peak = rss_peak.max(rss(pid));
             }
@@ -196,10 +193,14 @@ async fn a_stalled_reader_is_cut_without_growing_memory_or_slowing_others_and_lo
         seen.len(),
         after_resume.len(),
     );
+    let cuts = slow_consumer_closes(&cluster).await;
+    let healthy_connections: Vec<usize> = healthy.iter().map(Subscriber::connections).collect();
     let tally =
         cluster.finish("slow_readers", injected, Vec::new(), vec![PublishReport::manual(STORY, acked)], healthy).await;
     tally.assert_exact();
     assert_eq!(union, want, "the stalled reader, before its cut and after its resume, got every event");
+    assert_eq!(cuts, 1.0, "only the stalled reader was cut as a slow consumer");
+    assert!(healthy_connections.iter().all(|n| *n == 1), "no healthy reader reconnected: {healthy_connections:?}");
     assert!(
         healthy_at_cut > 2 * seen.len(),
         "the healthy readers had {healthy_at_cut} events when the stalled one was cut with {}: they were not held \
