@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, TcpListener},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -189,6 +188,13 @@ async fn scripts_are_reloaded_on_a_master_that_lost_them() {
         assert_eq!(next_event(&mut tail, "first").await.id, page.events[0].id, "{s}: tail from zero");
         assert_eq!(next_event(&mut tail, "second").await.id, id, "{s}: tail sees the new event");
     }
+    for port in cluster.ports() {
+        let node = node(port).await;
+        let loaded: Vec<bool> =
+            node.script_exists(vec![fred::util::sha1_hash(include_str!("../scripts/append.lua"))]).await.unwrap();
+        assert_eq!(loaded, vec![true], "the append script is loaded again on 127.0.0.1:{port}");
+        node.quit().await.unwrap();
+    }
 }
 
 /// Two storyline instances on one cluster, each with its own broker and server.
@@ -267,7 +273,7 @@ async fn a_reader_resumes_on_the_other_instance_with_no_loss_or_duplicate() {
 /// starts not-ready while no sentinel answers), one without the service name is a configuration error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_url_is_accepted_and_one_without_a_service_name_is_not() {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+    let port = storyline_testkit::free_port();
     let quick = |url: String| RedisConfig { command_timeout: Duration::from_millis(100), ..RedisConfig::new(url) };
 
     let sentinel = RedisBroker::connect(quick(format!(

@@ -23,7 +23,7 @@ use std::{future::Future, time::Duration};
 pub use app::{Publisher, TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
 pub use keys::{JwksServer, fixture, jwks_of, sign_with_fixture};
 pub use redis_cluster::RedisCluster;
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, free_port};
 pub use sse::{Frame, SseStream};
 
 /// Default deadline for [`poll_until`]: generous, because CI machines are slow and shared.

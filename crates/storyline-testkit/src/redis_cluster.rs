@@ -9,14 +9,14 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-const INSTALL_HINT: &str = "redis-server/redis-cli were not found on PATH. The Redis Cluster tests need a real \
-     Redis (6.2 or newer): install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu) or run \
-     ./scripts/test.sh, which installs it for you.";
+use crate::{
+    RedisServer,
+    redis_server::{INSTALL_HINT, binary},
+};
 
 /// Masters in a test cluster: the smallest cluster `redis-cli --cluster create` accepts.
 const MASTERS: usize = 3;
@@ -28,15 +28,12 @@ const FORM_DEADLINE: Duration = Duration::from_secs(30);
 /// A running three-master Redis Cluster owned by one test.
 #[derive(Debug)]
 pub struct RedisCluster {
-    nodes: Vec<Node>,
+    nodes: Vec<RedisServer>,
 }
 
-#[derive(Debug)]
-struct Node {
-    child: Option<Child>,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
+/// A cluster node's options: cluster mode, no persistence.
+const NODE_OPTIONS: &[&str] =
+    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"];
 
 impl RedisCluster {
     /// Starts three masters on free ports and joins them into one cluster covering every slot; returns once every
@@ -44,7 +41,7 @@ impl RedisCluster {
     pub fn start() -> Self {
         let mut last_error = String::new();
         for _ in 0..3 {
-            let nodes: Vec<Node> = (0..MASTERS).map(|_| Node::start()).collect();
+            let nodes = (0..MASTERS).map(|_| RedisServer::start_on(NODE_OPTIONS, free_port_with_bus)).collect();
             let cluster = Self { nodes };
             match cluster.form() {
                 Ok(()) => return cluster,
@@ -58,18 +55,18 @@ impl RedisCluster {
     /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=127.0.0.1:<p3>`: every node is a seed.
     pub fn url(&self) -> String {
         let (first, rest) = self.nodes.split_first().expect("a cluster has nodes");
-        let others: Vec<String> = rest.iter().map(|n| format!("node=127.0.0.1:{}", n.port)).collect();
-        format!("redis-cluster://127.0.0.1:{}?{}", first.port, others.join("&"))
+        let others: Vec<String> = rest.iter().map(|n| format!("node=127.0.0.1:{}", n.port())).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", first.port(), others.join("&"))
     }
 
     /// The client ports of the masters.
     pub fn ports(&self) -> Vec<u16> {
-        self.nodes.iter().map(|n| n.port).collect()
+        self.nodes.iter().map(|n| n.port()).collect()
     }
 
     /// Runs `redis-cli --cluster create` over the nodes, then waits for `cluster_state:ok` on each.
     fn form(&self) -> Result<(), String> {
-        let addresses: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addresses: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
         let output = Command::new(binary("redis-cli"))
             .arg("--cluster")
             .arg("create")
@@ -90,14 +87,14 @@ impl RedisCluster {
         let deadline = Instant::now() + FORM_DEADLINE;
         for node in &self.nodes {
             loop {
-                let info = command(node.port, "CLUSTER INFO").unwrap_or_default();
+                let info = command(node.port(), "CLUSTER INFO").unwrap_or_default();
                 if info.lines().any(|l| l.trim_end() == "cluster_state:ok") {
                     break;
                 }
                 if Instant::now() >= deadline {
                     return Err(format!(
                         "node 127.0.0.1:{} not cluster_state:ok within {FORM_DEADLINE:?}: {info}",
-                        node.port
+                        node.port()
                     ));
                 }
                 pause(Duration::from_millis(20));
@@ -105,71 +102,6 @@ impl RedisCluster {
         }
         Ok(())
     }
-}
-
-impl Node {
-    /// A cluster-enabled `redis-server` answering PING, on a port whose bus port is free too.
-    fn start() -> Self {
-        for _ in 0..10 {
-            let dir = tempfile::tempdir().expect("temporary directory for a cluster node");
-            let port = free_port_with_bus();
-            let child = spawn(port, dir.path());
-            let mut node = Self { child: Some(child), port, _dir: dir };
-            if node.wait_ready(Duration::from_secs(10)) {
-                return node;
-            }
-            node.kill();
-        }
-        panic!("a Redis Cluster node did not start after 10 attempts");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn wait_ready(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if !self.alive() {
-                // Most often the port or the bus port was taken after probing.
-                return false;
-            }
-            // The PONG must come from our child, not from another test's server that took the port: checked
-            // alive just before, and a node that lost the port race exits.
-            if command(self.port, "PING").is_some_and(|reply| reply == "PONG") && self.alive() {
-                return true;
-            }
-            pause(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn(port: u16, dir: &Path) -> Child {
-    let binary = binary("redis-server");
-    let mut cmd = Command::new(&binary);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
-        .arg(dir)
-        .args(["--daemonize", "no", "--logfile", "redis.log", "--protected-mode", "yes"])
-        .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd.spawn().unwrap_or_else(|e| panic!("could not start {}: {e}. {INSTALL_HINT}", binary.display()))
 }
 
 /// Sends one inline command and returns the reply as text (a status line, or a bulk string's body).
@@ -204,19 +136,10 @@ fn command(port: u16, line: &str) -> Option<String> {
     }
 }
 
-fn binary(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
-}
-
 /// A free port whose cluster bus port (`port + 10000`) is free too.
 fn free_port_with_bus() -> u16 {
     for _ in 0..1_000 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
-        let port = listener.local_addr().expect("local address").port();
+        let port = crate::free_port();
         let Some(bus) = port.checked_add(BUS_PORT_OFFSET) else { continue };
         if TcpListener::bind((Ipv4Addr::LOCALHOST, bus)).is_ok() {
             return port;

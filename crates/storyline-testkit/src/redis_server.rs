@@ -8,9 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-const INSTALL_HINT: &str = "redis-server was not found on PATH. The Redis tests need a real Redis (6.2 or newer): \
-     install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu) or run ./scripts/test.sh, \
-     which installs it for you.";
+pub(crate) const INSTALL_HINT: &str = "redis-server (and, for the Redis Cluster tests, redis-cli) was not found \
+     on PATH. The Redis tests need a real Redis (6.2 or newer): install it with `sudo apt-get install -y \
+     redis-server` (Debian/Ubuntu) or run ./scripts/test.sh, which installs it for you.";
 
 /// A running `redis-server` owned by one test.
 #[derive(Debug)]
@@ -28,19 +28,24 @@ impl RedisServer {
 
     /// Starts a server with extra command-line options (e.g. AOF settings).
     pub fn start_with(extra: &[&str]) -> Self {
-        let mut dir = tempfile::tempdir().expect("temporary directory for redis-server");
-        // Ports can be taken between probing and binding; try a few.
-        for _ in 0..5 {
-            let port = free_port();
+        Self::start_on(extra, free_port)
+    }
+
+    /// Starts a server on a port `pick_port` finds free. Ports can be taken between probing and binding (a server
+    /// that lost the race exits), so a few are tried.
+    pub(crate) fn start_on(extra: &[&str], pick_port: fn() -> u16) -> Self {
+        const ATTEMPTS: usize = 10;
+        for _ in 0..ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+            let port = pick_port();
             let child = spawn(port, dir.path(), extra);
             let mut server = Self { child: Some(child), port, dir };
             if server.wait_ready(Duration::from_secs(10)) {
                 return server;
             }
             server.kill();
-            dir = tempfile::tempdir().expect("temporary directory for redis-server");
         }
-        panic!("redis-server did not start after 5 attempts");
+        panic!("redis-server did not start after {ATTEMPTS} attempts");
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -108,7 +113,7 @@ impl Drop for RedisServer {
 }
 
 fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
-    let binary = redis_binary();
+    let binary = binary("redis-server");
     let mut cmd = Command::new(&binary);
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
         .arg(dir)
@@ -120,15 +125,17 @@ fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
     cmd.spawn().unwrap_or_else(|e| panic!("could not start {}: {e}. {INSTALL_HINT}", binary.display()))
 }
 
-fn redis_binary() -> PathBuf {
+/// `name` (`redis-server`, `redis-cli`) on `PATH`.
+pub(crate) fn binary(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now (another process may take it before the caller binds it).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }
