@@ -125,11 +125,7 @@ async fn read(
         match response.status().as_u16() {
             200 => {}
             503 => {
-                let wait: u64 = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or_else(|| panic!("a 503 without Retry-After"));
+                let wait = common::retry_after(&response).unwrap_or_else(|| panic!("a 503 without Retry-After"));
                 me.lock().unwrap().refusals.push(wait);
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(wait)) => {}

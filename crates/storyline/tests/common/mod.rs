@@ -156,3 +156,8 @@ pub(crate) fn dashboard_queries() -> Vec<PanelQuery> {
     }
     queries
 }
+
+/// The seconds of an answer's `Retry-After` (storyline sends delay-seconds), if it has one.
+pub(crate) fn retry_after(answer: &reqwest::Response) -> Option<u64> {
+    answer.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
+}

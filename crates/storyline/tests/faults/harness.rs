@@ -528,8 +528,7 @@ pub(crate) async fn post_event(
         }
     };
     let status = answer.status().as_u16();
-    let retry_after =
-        answer.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let retry_after = common::retry_after(&answer);
     let body = answer.text().await;
     let elapsed = started.elapsed();
     let (receipt, error) = match (status, body) {
@@ -985,11 +984,7 @@ async fn subscribe_loop(
             }
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
+                let retry_after = common::retry_after(&response);
                 let body = response.text().await.unwrap_or_default();
                 state.lock().unwrap().open_failures.push(format!("{slot}: {status} {body}"));
                 assert!(

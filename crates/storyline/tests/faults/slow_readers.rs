@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use bytes::BytesMut;
 use storyline_core::EventId;
-use storyline_testkit::poll_until;
+use storyline_testkit::{SseStream, poll_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{Ack, Cluster, DEADLINE, EVENT_TYPE, PublishReport, Reconnect, SubscribeOptions, Subscriber};
@@ -151,7 +151,7 @@ async fn a_stalled_reader_is_cut_without_growing_memory_or_slowing_others_and_lo
 
     // It resumes after the last event it read completely, and gets the rest: nothing lost.
     let resume = seen.last().map_or_else(|| "0".to_owned(), EventId::to_string);
-    let mut response = cluster
+    let response = cluster
         .client
         .get(format!("{}/v1/stories/{STORY}/stream", cluster.url(0)))
         .bearer_auth(&cluster.reader_token)
@@ -160,22 +160,13 @@ async fn a_stalled_reader_is_cut_without_growing_memory_or_slowing_others_and_lo
         .await
         .expect("resume");
     assert_eq!(response.status(), 200);
-    let mut after_resume: Vec<EventId> = Vec::new();
-    let rest: BTreeSet<EventId> = want.iter().copied().filter(|id| seen.last().is_none_or(|last| id > last)).collect();
-    let mut buffer = BytesMut::new();
-    tokio::time::timeout(DEADLINE, async {
-        while after_resume.len() < rest.len() {
-            let chunk = response.chunk().await.expect("the resumed stream").expect("more of the stream");
-            buffer.extend_from_slice(&chunk);
-            while let Some(frame) = storyline_hub::take_frame(&mut buffer) {
-                if let (Some(id), Some(_)) = (frame.id.as_deref(), frame.data.as_deref()) {
-                    after_resume.push(EventId::parse(id).expect("an id"));
-                }
-            }
-        }
-    })
-    .await
-    .expect("the resumed reader gets the rest within the deadline");
+    let rest = want.iter().filter(|id| seen.last().is_none_or(|last| *id > last)).count();
+    let after_resume: Vec<EventId> = SseStream::new(response)
+        .events(rest, DEADLINE)
+        .await
+        .iter()
+        .map(|frame| EventId::parse(frame.id.as_deref().expect("an id")).expect("a valid id"))
+        .collect();
     let union: BTreeSet<EventId> = seen.iter().chain(&after_resume).copied().collect();
 
     // Assert
