@@ -17,7 +17,8 @@ use std::{
 use common::{dashboard_queries, panels};
 use serde_json::Value;
 
-const RUNBOOK_BASE: &str = "https://example.invalid/storyline/blob/main/runbooks/";
+/// Runbook links are relative to the repository root (no host is invented); see runbooks/README.md.
+const RUNBOOK_BASE: &str = "runbooks/";
 const DASHBOARDS: &[&str] = &["storyline-overview.json", "storyline-slo.json"];
 const INSTANCE_FILTER: &str = r#"instance=~"$instance""#;
 /// A panel may leave out the instance filter only when its description says why (the probe is its own target).
