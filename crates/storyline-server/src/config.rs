@@ -39,7 +39,8 @@ pub struct ServerConfig {
     /// At shutdown, open streams end spread over this window (each at a random moment, with a jittered `retry:`
     /// hint) while the instance keeps answering other requests; zero ends them all at once.
     pub drain_window: Duration,
-    /// Worker threads; `None` means one per physical core.
+    /// Worker threads; `None` means actix's default: one per CPU the process may use
+    /// (`std::thread::available_parallelism`: logical CPUs, or fewer under an affinity mask).
     pub workers: Option<usize>,
     /// A stream whose socket has not drained for this long is disconnected (reason `slow_consumer`); the
     /// client resumes with Last-Event-ID and loses nothing. Never less than twice the heartbeat.

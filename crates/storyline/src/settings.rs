@@ -76,7 +76,7 @@ pub(crate) struct Settings {
     pub(crate) shutdown_grace_secs: u64,
     /// At shutdown, open streams end spread over this many seconds; 0 = all at once.
     pub(crate) drain_window_secs: u64,
-    /// HTTP worker threads; 0 means one per physical core.
+    /// HTTP worker threads; 0 means one per CPU the process may use (logical CPUs, or fewer under an affinity mask).
     pub(crate) workers: usize,
     /// Seconds a stream's socket may go without draining before the stream is disconnected (slow consumer).
     pub(crate) slow_consumer_secs: u64,
@@ -209,6 +209,8 @@ fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 struct EnvSource(Dict);
 
 const PREFIX: &str = "STORYLINE_";
+/// The most HTTP workers actix-server starts (it panics on more).
+const MAX_WORKERS: usize = 512;
 /// URL schemes fred connects with: a server (optionally over a Unix socket), a cluster, or a server found
 /// through Sentinel.
 const REDIS_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://", "redis-cluster://", "redis-sentinel://"];
@@ -349,6 +351,10 @@ impl Settings {
         }
         if self.slow_consumer_secs == 0 {
             bail!("slow_consumer_secs must be at least 1");
+        }
+        // actix-server panics on more than 512 workers: refuse the value here, before anything starts.
+        if self.workers > MAX_WORKERS {
+            bail!("workers must be at most {MAX_WORKERS} (0 = one per CPU)");
         }
         for pattern in &self.public_read {
             if pattern.chars().any(char::is_whitespace) || pattern.strip_suffix('*').unwrap_or(pattern).contains('*') {
@@ -742,6 +748,7 @@ mod tests {
             (&[("STORYLINE_RETENTION_NAMESPACES", "chat=5/soon")], "retention_namespaces"),
             (&[("STORYLINE_RETENTION_NAMESPACES", "a:b=5")], "not a namespace"),
             (&[("STORYLINE_RETENTION_NAMESPACES", "chat=5,chat=6")], "twice"),
+            (&[("STORYLINE_WORKERS", "513")], "workers must be at most 512"),
         ];
         for (vars, needle) in cases {
             let err = Settings::load(None, env(vars)).err().map(|e| format!("{e:#}")).unwrap_or_default();
