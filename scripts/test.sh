@@ -102,6 +102,10 @@ while [ "$#" -gt 0 ]; do
   shift
 done
 
+# The streams' AsyncAPI document through the official parser (npm ci from asyncapi/package-lock.json); its drift
+# test is a cargo test (crates/storyline/tests/cli.rs).
+./scripts/asyncapi.sh
+
 if [ "$FULL" != 1 ]; then
   exec cargo test --workspace --locked "${CARGO_ARGS[@]}"
 fi

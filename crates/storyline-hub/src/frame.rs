@@ -5,7 +5,9 @@
 //! kit's stream reader.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use storyline_core::{GAP_EVENT, Gap, StoredEvent};
+use serde::{Deserialize, Serialize};
+use storyline_core::{EventId, GAP_EVENT, Gap, StoredEvent};
+use utoipa::ToSchema;
 
 /// `id: <id>\nevent: <type>\ndata: <envelope>\n\n`, encoded once per event and shared by every subscriber.
 pub fn encode_event(event: &StoredEvent) -> Bytes {
@@ -22,12 +24,29 @@ pub fn encode_event(event: &StoredEvent) -> Bytes {
     out.freeze()
 }
 
+// What `encode_gap` serializes, and the schema the OpenAPI and AsyncAPI documents publish for it (the doc comment
+// below is its description there): a field renamed here changes the wire and both documents alike.
+/// Data of the `gap` event: the resume point fell out of retained history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GapData {
+    /// The id the client asked to resume after.
+    #[schema(value_type = String)]
+    pub requested: EventId,
+    /// The id of the first event delivered instead (the oldest retained).
+    #[schema(value_type = String)]
+    pub resumed_from: EventId,
+}
+
+impl From<Gap> for GapData {
+    fn from(gap: Gap) -> Self {
+        Self { requested: gap.requested, resumed_from: gap.resumed_from }
+    }
+}
+
 /// `event: gap\ndata: {"requested","resumed_from"}\n\n`, with no `id:` so the client's Last-Event-ID stays put.
 pub fn encode_gap(gap: Gap) -> Bytes {
-    let data = serde_json::json!({
-        "requested": gap.requested.to_string(),
-        "resumed_from": gap.resumed_from.to_string(),
-    });
+    // Two event ids as strings: serializing them cannot fail.
+    let data = serde_json::to_string(&GapData::from(gap)).unwrap_or_default();
     Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
 }
 

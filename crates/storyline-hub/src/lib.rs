@@ -27,7 +27,7 @@ use std::{
 pub use bytes::Bytes;
 pub use feed::Subscription;
 use feed::{Feed, FeedShared};
-pub use frame::{SseFrame, encode_event, encode_gap, take_frame};
+pub use frame::{GapData, SseFrame, encode_event, encode_gap, take_frame};
 use storyline_core::{Broker, EventId, EventType, PageLimit, StoredEvent, StoryId};
 
 /// An event as the engine hands it to subscribers: its SSE frame, encoded once and shared by every subscriber

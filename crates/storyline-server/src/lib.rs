@@ -7,10 +7,12 @@
 //! - `routes/`: one module per endpoint. `error`: the only `ResponseError`, rendered as RFC 9457 problem+json.
 //! - [`auth`], [`jwks`]: JWT verification (an HS256 secret; public keys from a JWKS file or URL), scopes and the
 //!   typed [`auth::Principal`] that handlers take as an argument.
-//! - [`openapi`]: the OpenAPI document generated from the handlers.
+//! - [`openapi`]: the OpenAPI document generated from the handlers; [`asyncapi`]: the AsyncAPI document of the
+//!   streams, generated from the same types and from the OpenAPI document.
 //!
 //! This crate depends on the broker *port* (`Arc<dyn Broker>`), never on an adapter.
 
+pub mod asyncapi;
 pub mod audit;
 pub mod auth;
 pub mod config;

@@ -1,14 +1,15 @@
 //! The OpenAPI document, generated from the handlers' annotations. `storyline openapi` prints it, the server
 //! serves it at `/openapi.json`, and `openapi/openapi.json` in the repository is checked against it by a test.
 //!
-//! The schema types here document wire formats whose serializers live in `storyline-core` (receipt, envelope)
-//! and `storyline-hub` (SSE frames); the contract tests and `scripts/schemathesis.sh` check real responses
-//! against these shapes.
+//! The schema types here document wire formats whose serializers live in `storyline-core` (receipt, envelope);
+//! the contract tests and `scripts/schemathesis.sh` check real responses against these shapes, and the AsyncAPI
+//! document ([`crate::asyncapi`]) carries frames written by those serializers as examples, which
+//! `scripts/asyncapi.sh` validates against them. The SSE control frames' bodies ([`GapData`],
+//! [`TokenExpiredData`]) are the very types their encoders serialize.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use storyline_core::EventId;
 use utoipa::{
     Modify, OpenApi, PartialSchema, ToSchema,
     openapi::{
@@ -70,23 +71,11 @@ pub struct HistoryPage {
     pub next: Option<String>,
 }
 
-/// Data of the `gap` event: the resume point fell out of retained history.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-pub struct GapData {
-    /// The id the client asked to resume after.
-    #[schema(value_type = String)]
-    pub requested: EventId,
-    /// The id of the first event delivered instead (the oldest retained).
-    #[schema(value_type = String)]
-    pub resumed_from: EventId,
-}
+// The bodies of the stream's control frames are defined beside the code that writes them, so that the schema and
+// the wire cannot differ: the `gap` notice in the fan-out engine, `token-expired` in the stream route.
+pub use storyline_hub::GapData;
 
-/// Data of the `token-expired` event, the last frame of a stream whose token expired.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-pub struct TokenExpiredData {
-    /// The token's `exp`, seconds since the Unix epoch.
-    pub expired_at: u64,
-}
+pub use crate::routes::stream::TokenExpiredData;
 
 /// One event of `GET /v1/stories/{story}/stream`, as an SSE parser (a browser's `EventSource`) hands it over:
 /// `event` names it and `data` is one line of JSON whose shape depends on `event`. Comments (`: keep-alive`)

@@ -3,6 +3,7 @@
 //! - `storyline serve`: run the service (memory broker unless a Redis URL is configured).
 //! - `storyline token`: mint a JWT with the configured secret.
 //! - `storyline openapi`: print the OpenAPI document.
+//! - `storyline asyncapi`: print the AsyncAPI document of the streams (YAML).
 //! - `storyline config`: print the effective configuration (secrets redacted).
 //! - `storyline probe`: a synthetic reader and writer that checks round trip and resume (see `probe.rs`).
 
@@ -65,6 +66,8 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Print the AsyncAPI document of the streams (YAML).
+    Asyncapi,
     /// Print the effective configuration as TOML (secrets redacted).
     Config,
     /// Check a running storyline end to end: stream, publish, round trip, resume. Repeats and serves /metrics,
@@ -103,6 +106,9 @@ fn main() -> ExitCode {
         }
         Command::Token { sub, scope, tier, ttl_secs } => token(&settings, &sub, &scope, tier, ttl_secs),
         Command::Openapi => write_stdout(&storyline_server::openapi::pretty_json()),
+        Command::Asyncapi => {
+            storyline_server::asyncapi::yaml().map_err(anyhow::Error::from).and_then(|y| write_stdout(&y))
+        }
         Command::Config => write_stdout(&settings.to_toml_redacted()),
         Command::Probe(_) => unreachable!("dispatched above"),
     };

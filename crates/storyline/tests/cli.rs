@@ -1,4 +1,4 @@
-//! The `storyline` binary as an operator and a new user meet it: the committed OpenAPI document, `token`,
+//! The `storyline` binary as an operator and a new user meet it: the committed OpenAPI and AsyncAPI documents, `token`,
 //! configuration errors, and `serve` from a cold start through SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +17,19 @@ fn the_committed_openapi_document_matches_what_the_binary_prints() {
     assert!(
         String::from_utf8_lossy(&printed.stdout) == committed,
         "openapi/openapi.json is stale: regenerate it with `cargo run -q -- openapi > openapi/openapi.json`"
+    );
+}
+
+#[test]
+fn the_committed_asyncapi_document_matches_what_the_binary_prints() {
+    let printed = storyline(&["asyncapi"], &[]);
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../asyncapi/storyline.yaml"))
+        .expect("asyncapi/storyline.yaml exists");
+    assert!(
+        String::from_utf8_lossy(&printed.stdout) == committed,
+        "asyncapi/storyline.yaml is stale: regenerate it with `cargo run -q -- asyncapi > asyncapi/storyline.yaml` \
+         (then check it with ./scripts/asyncapi.sh)"
     );
 }
 

@@ -28,16 +28,15 @@ use std::{
 };
 
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use storyline_core::{EventId, Gap, LogBounds, StoryId, TOKEN_EXPIRED_EVENT};
-use storyline_hub::{Bytes, Delivery, Subscription, encode_gap};
+use storyline_hub::{Bytes, Delivery, GapData, Subscription, encode_gap};
 use tokio::{sync::watch, time::Sleep};
 
 use crate::{
     auth::Principal,
     error::ApiError,
     meters,
-    openapi::GapData,
     slow::{ConnFd, Watch},
     startup::{self, AppState, StreamSignal},
 };
@@ -112,7 +111,7 @@ pub(crate) async fn stream(
     };
 
     let mut preface = VecDeque::with_capacity(2);
-    preface.push_back(Bytes::from(format!("retry: {}\n\n", jittered(config.retry_base).as_millis())));
+    preface.push_back(encode_retry(jittered(config.retry_base)));
     let phase = match start {
         Start::Resolved(point) => {
             if let Some(gap) = point.gap {
@@ -216,7 +215,13 @@ fn subscribe(state: &AppState, story: &StoryId, resume: Option<EventId>, point: 
 }
 
 /// A comment frame: keeps proxies and load balancers from closing an idle stream, and reveals dead clients.
-const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+pub(crate) const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+
+/// `retry: <ms>\n\n`: the reconnection delay a client's `EventSource` uses after the stream ends. Sent first on
+/// every stream, and once more just before a drain ends it.
+pub(crate) fn encode_retry(delay: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", delay.as_millis()))
+}
 
 /// One stream's response body. Per connection it holds a cursor into its story's feed and a handle on the
 /// shared stream signal (heartbeat tick and drain): no task, no timer and no frame buffer of its own.
@@ -363,8 +368,7 @@ impl Body {
                     // Come back, to another instance, after a jittered pause: the readers of this instance
                     // reconnect spread over the drain window and then over this hint.
                     self.open.reason = meters::CloseReason::Shutdown;
-                    let retry = jittered(self.slot.state().config.retry_base);
-                    self.preface.push_back(Bytes::from(format!("retry: {}\n\n", retry.as_millis())));
+                    self.preface.push_back(encode_retry(jittered(self.slot.state().config.retry_base)));
                     self.closing = true;
                 }
                 Step::Expired => {
@@ -385,10 +389,21 @@ fn expiry_timer(expires_at: u64, heartbeat: Duration) -> Option<Pin<Box<Sleep>>>
     (left <= heartbeat).then(|| Box::pin(tokio::time::sleep(left)))
 }
 
+// What `encode_token_expired` serializes, and the schema the OpenAPI and AsyncAPI documents publish for it (the doc
+// comment below is its description there).
+/// Data of the `token-expired` event, the last frame of a stream whose token expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenExpiredData {
+    /// The token's `exp`, seconds since the Unix epoch.
+    pub expired_at: u64,
+}
+
 /// The last frame of a stream whose token expired: the client fetches a new token and resumes with
 /// `Last-Event-ID`. `expired_at` is the token's `exp` claim (seconds since the Unix epoch).
-fn encode_token_expired(expires_at: u64) -> Bytes {
-    Bytes::from(format!("event: {TOKEN_EXPIRED_EVENT}\ndata: {{\"expired_at\":{expires_at}}}\n\n"))
+pub(crate) fn encode_token_expired(expires_at: u64) -> Bytes {
+    // One integer field: serializing it cannot fail.
+    let data = serde_json::to_string(&TokenExpiredData { expired_at: expires_at }).unwrap_or_default();
+    Bytes::from(format!("event: {TOKEN_EXPIRED_EVENT}\ndata: {data}\n\n"))
 }
 
 /// One step of a live or resolving stream. A broker failure keeps the stream open: it waits `backoff` (doubling
