@@ -34,7 +34,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -180,50 +179,8 @@ impl Prometheus {
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-
-        // The port is free when we look, and may not be when Prometheus binds it: then try another.
-        for attempt in 1..=5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let log_file = dir.join(format!("prometheus-{attempt}.log"));
-            let spawned = Command::new("prometheus")
-                .arg(format!("--config.file={}", config_file.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join(format!("data-{attempt}")).display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_file).unwrap())
-                .spawn();
-            let mut process = match spawned {
-                Ok(child) => Running(child),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                    "prometheus is not on PATH. On Debian/Ubuntu `apt-get install -y prometheus` \
-                     (./scripts/test.sh installs it when missing); elsewhere download Prometheus from \
-                     https://prometheus.io/download/ and put its prometheus binary on PATH."
-                ),
-                Err(e) => panic!("running prometheus: {e}"),
-            };
-            let base = format!("http://127.0.0.1:{port}");
-            let ready = format!("{base}/-/ready");
-            let started =
-                storyline_testkit::poll_until("prometheus is ready or exits", Duration::from_secs(30), || {
-                    let exited = process.0.try_wait().unwrap();
-                    let (client, ready) = (client.clone(), ready.clone());
-                    async move {
-                        if let Some(status) = exited {
-                            return Some(Err(status));
-                        }
-                        client.get(&ready).send().await.ok()?.status().is_success().then_some(Ok(()))
-                    }
-                })
-                .await;
-            match started {
-                Ok(()) => return Self { _process: process, base, client },
-                Err(status) => {
-                    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-                    assert!(log.contains("address already in use"), "prometheus exited ({status}):\n{log}");
-                }
-            }
-        }
-        panic!("prometheus found no free port in 5 attempts");
+        let (process, base) = common::start_prometheus(Path::new("prometheus"), &config_file, dir).await;
+        Self { _process: process, base, client }
     }
 
     /// Waits until the last scrape of every job succeeded (`up` is 1).

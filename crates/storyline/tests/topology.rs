@@ -677,40 +677,8 @@ impl Prometheus {
         let config_file = config_dir.join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        for attempt in 1..=5 {
-            let port = storyline_testkit::free_port();
-            let log_file = dir.join(format!("prometheus-{attempt}.log"));
-            let child = Command::new(prometheus)
-                .arg(format!("--config.file={}", config_file.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join(format!("data-{attempt}")).display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_file).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("running {}: {e}", prometheus.display()));
-            let mut process = Running(child);
-            let base = format!("http://127.0.0.1:{port}");
-            let ready = format!("{base}/-/ready");
-            let started = poll_until("prometheus is ready or exits", DEADLINE, || {
-                let exited = process.0.try_wait().unwrap();
-                let (client, ready) = (client.clone(), ready.clone());
-                async move {
-                    if let Some(status) = exited {
-                        return Some(Err(status));
-                    }
-                    client.get(&ready).send().await.ok()?.status().is_success().then_some(Ok(()))
-                }
-            })
-            .await;
-            match started {
-                Ok(()) => return Self { _process: process, base, client },
-                Err(status) => {
-                    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-                    assert!(log.contains("address already in use"), "prometheus exited ({status}):\n{log}");
-                }
-            }
-        }
-        panic!("prometheus found no free port in 5 attempts");
+        let (process, base) = common::start_prometheus(prometheus, &config_file, dir).await;
+        Self { _process: process, base, client }
     }
 
     async fn get(&self, path: &str) -> Value {

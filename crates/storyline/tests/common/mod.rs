@@ -161,3 +161,56 @@ pub(crate) fn dashboard_queries() -> Vec<PanelQuery> {
 pub(crate) fn retry_after(answer: &reqwest::Response) -> Option<u64> {
     answer.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
 }
+
+/// Starts `binary` (a `prometheus`) with `config_file`, its data and logs under `dir`, on a free loopback port, and
+/// waits until it is ready; returns it with its base URL. The port is free when we look and may not be when
+/// Prometheus binds it: then another is tried. Fails the test with install instructions when there is no such binary.
+pub(crate) async fn start_prometheus(
+    binary: &std::path::Path,
+    config_file: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Running, String) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    for attempt in 1..=5 {
+        let port = storyline_testkit::free_port();
+        let log_file = dir.join(format!("prometheus-{attempt}.log"));
+        let spawned = Command::new(binary)
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join(format!("data-{attempt}")).display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_file).unwrap())
+            .spawn();
+        let mut process = match spawned {
+            Ok(child) => Running(child),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "{} is not on PATH. On Debian/Ubuntu `apt-get install -y prometheus` (./scripts/test.sh installs it \
+                 when missing); elsewhere download Prometheus from https://prometheus.io/download/ and put its \
+                 prometheus binary on PATH.",
+                binary.display()
+            ),
+            Err(e) => panic!("running {}: {e}", binary.display()),
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = format!("{base}/-/ready");
+        let started = storyline_testkit::poll_until("prometheus is ready or exits", Duration::from_secs(30), || {
+            let exited = process.0.try_wait().unwrap();
+            let (client, ready) = (client.clone(), ready.clone());
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(status));
+                }
+                client.get(&ready).send().await.ok()?.status().is_success().then_some(Ok(()))
+            }
+        })
+        .await;
+        match started {
+            Ok(()) => return (process, base),
+            Err(status) => {
+                let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+                assert!(log.contains("address already in use"), "prometheus exited ({status}):\n{log}");
+            }
+        }
+    }
+    panic!("prometheus found no free port in 5 attempts");
+}
