@@ -35,12 +35,33 @@ pub fn get_request(url: &UrlTemplate, headers: &[HeaderTemplate], values: &Value
     request.into_bytes()
 }
 
+/// `GET <path> HTTP/1.1` to `authority` with `Host`, `Accept: text/event-stream` and the given headers, for
+/// requests whose headers change from one connection to the next (a resume id, a fresh token).
+pub fn get_request_with(authority: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut request = String::with_capacity(256);
+    request.push_str("GET ");
+    request.push_str(path);
+    request.push_str(" HTTP/1.1\r\nHost: ");
+    request.push_str(authority);
+    request.push_str("\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
+    for (name, value) in headers {
+        request.push_str(name);
+        request.push_str(": ");
+        request.push_str(value);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
 /// A parsed response head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub status: u16,
     pub chunked: bool,
     pub content_length: Option<u64>,
+    /// `Retry-After` in seconds, when the answer had one.
+    pub retry_after_secs: Option<u64>,
     /// Bytes of `buffer` taken by the head; what follows is body.
     pub len: usize,
 }
@@ -65,6 +86,7 @@ pub fn parse_head(buffer: &[u8]) -> Result<Option<Head>, HttpError> {
     let status = parts.next().and_then(|s| s.parse().ok()).ok_or(HttpError::BadStatusLine)?;
     let mut chunked = false;
     let mut content_length = None;
+    let mut retry_after_secs = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { continue };
         let (name, value) = (name.trim(), value.trim());
@@ -72,9 +94,11 @@ pub fn parse_head(buffer: &[u8]) -> Result<Option<Head>, HttpError> {
             chunked = value.to_ascii_lowercase().contains("chunked");
         } else if name.eq_ignore_ascii_case("content-length") {
             content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            retry_after_secs = value.parse().ok();
         }
     }
-    Ok(Some(Head { status, chunked, content_length, len: end + 4 }))
+    Ok(Some(Head { status, chunked, content_length, retry_after_secs, len: end + 4 }))
 }
 
 /// Whether the body has more to come.
@@ -222,12 +246,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_with_per_connection_headers() {
+        let request = get_request_with("127.0.0.1:9", "/v1/stories/s/stream", &[("Last-Event-ID", "1-0")]);
+        assert_eq!(
+            String::from_utf8(request).unwrap(),
+            "GET /v1/stories/s/stream HTTP/1.1\r\nHost: 127.0.0.1:9\r\nAccept: text/event-stream\r\n\
+             Cache-Control: no-cache\r\nLast-Event-ID: 1-0\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn a_head_is_parsed_once_complete() {
         let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n";
         assert_eq!(parse_head(&head[..20]), Ok(None));
         let parsed = parse_head(head).unwrap().unwrap();
-        assert_eq!(parsed, Head { status: 200, chunked: true, content_length: None, len: head.len() - 3 });
+        assert_eq!(
+            parsed,
+            Head { status: 200, chunked: true, content_length: None, retry_after_secs: None, len: head.len() - 3 }
+        );
         assert_eq!(parse_head(b"HTTP/1.1 401 Unauthorized\r\n\r\n").unwrap().unwrap().status, 401);
+        let refused = parse_head(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\n\r\n").unwrap().unwrap();
+        assert_eq!((refused.status, refused.retry_after_secs), (503, Some(3)));
         assert_eq!(parse_head(b"SSH-2.0\r\n\r\n"), Err(HttpError::BadStatusLine));
         assert_eq!(parse_head(&[b'a'; MAX_HEAD_BYTES + 1]), Err(HttpError::HeadTooLong { limit: MAX_HEAD_BYTES }));
     }
@@ -236,7 +275,7 @@ mod tests {
     fn chunked_bodies_decode_however_they_are_split() {
         let body = b"7\r\ndata: a\r\n18;ext=1\r\n: keep-alive\n\ndata: bb\n\n\r\n0\r\n\r\n";
         for piece in 1..body.len() {
-            let head = Head { status: 200, chunked: true, content_length: None, len: 0 };
+            let head = Head { status: 200, chunked: true, content_length: None, retry_after_secs: None, len: 0 };
             let (out, progress) = decode_all(&mut BodyDecoder::new(&head), body, piece);
             assert_eq!(out, b"data: a: keep-alive\n\ndata: bb\n\n", "pieces of {piece}");
             assert_eq!(progress, Progress::Ended, "pieces of {piece}");
@@ -245,7 +284,7 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_errors() {
-        let head = Head { status: 200, chunked: true, content_length: None, len: 0 };
+        let head = Head { status: 200, chunked: true, content_length: None, retry_after_secs: None, len: 0 };
         for body in [&b"zz\r\n"[..], b"\r\n", b"1\r\nab", b"fffffffffffffffff\r\n"] {
             let result = BodyDecoder::new(&head).decode::<HttpError>(body, |_| Ok(()));
             assert_eq!(result, Err(HttpError::BadChunk), "{}", String::from_utf8_lossy(body));
@@ -254,10 +293,10 @@ mod tests {
 
     #[test]
     fn identity_bodies_end_at_content_length_or_never() {
-        let head = Head { status: 200, chunked: false, content_length: Some(4), len: 0 };
+        let head = Head { status: 200, chunked: false, content_length: Some(4), retry_after_secs: None, len: 0 };
         let (out, progress) = decode_all(&mut BodyDecoder::new(&head), b"abcdef", 3);
         assert_eq!((out.as_slice(), progress), (&b"abcd"[..], Progress::Ended));
-        let head = Head { status: 200, chunked: false, content_length: None, len: 0 };
+        let head = Head { status: 200, chunked: false, content_length: None, retry_after_secs: None, len: 0 };
         let (out, progress) = decode_all(&mut BodyDecoder::new(&head), b"abcdef", 3);
         assert_eq!((out.as_slice(), progress), (&b"abcdef"[..], Progress::More));
     }

@@ -12,6 +12,7 @@
 //! - [`publisher`]: absolute-deadline pacing over a small keep-alive pool.
 //! - [`stats`]: lost/duplicate accounting and histograms; [`worker`]: splitting streams over processes.
 //! - [`run`]: the phases; [`report`] and [`plot`]: the output; [`system`]: `/proc` readings.
+//! - [`soak`]: the soak test's readers, log follower, resource sampler and verdict (`soak-readers`).
 //!
 //! Load goes to loopback addresses only; every loop is bounded by a count, a deadline or a timeout.
 
@@ -21,6 +22,7 @@ pub mod plot;
 pub mod publisher;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod sse;
 pub mod stats;
 pub mod subscriber;

@@ -16,7 +16,7 @@ const DEFAULT_BODY: &str = r#"{"type":"bench","data":{"seq":{seq},"sent_us":{sen
 
 /// Load generator and reporter for SSE fan-out servers. Targets loopback addresses only.
 #[derive(Debug, Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -29,12 +29,128 @@ enum Command {
     /// Internal: hold a share of the streams for a coordinator (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
+    /// The readers of a soak test (scripts/soak.sh runs them next to k6's publishers): hold and resume streams,
+    /// follow the log, sample the server's resources, and judge the run at the stop signal (SIGTERM/SIGINT).
+    SoakReaders(Box<SoakArgs>),
     /// Print Markdown tables (publish runs, idle runs) from JSON reports written with --json.
     Table {
         /// Report files, in the order the rows should appear.
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// A name for the run (report and plot title).
+    #[arg(long, default_value = "soak")]
+    label: String,
+    /// storyline's base URL (http://, loopback only).
+    #[arg(long)]
+    url: String,
+    /// Stories are <prefix>0 .. <prefix><stories-1>; k6 publishes to the same names.
+    #[arg(long, default_value = "soak-")]
+    story_prefix: String,
+    #[arg(long, default_value_t = 4)]
+    stories: usize,
+    #[arg(long, default_value_t = 4)]
+    readers_per_story: usize,
+    /// HS256 secret to mint reader tokens with (the server's). Not STORYLINE_*: storyline refuses unknown ones.
+    #[arg(long, env = "SOAK_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// Lifetime of reader tokens: each reader gets `token-expired` about this often and reconnects with a new one.
+    #[arg(long, default_value_t = 45)]
+    token_ttl_secs: u64,
+    /// Mean seconds between a reader's own reconnects (drawn from 0.5x to 1.5x); 0: never.
+    #[arg(long, default_value_t = 20.0)]
+    reconnect_secs: f64,
+    /// A stream silent (no event, no heartbeat) for this long counts as stalled.
+    #[arg(long, default_value_t = 20.0)]
+    idle_timeout_secs: f64,
+    /// How often the log follower reads the new part of each story's log.
+    #[arg(long, default_value_t = 1000)]
+    follow_interval_ms: u64,
+    /// The server's pid, for its memory, descriptors and threads.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long, default_value_t = 2.0)]
+    sample_secs: f64,
+    /// Seconds after the readers connected before the growth bounds apply.
+    #[arg(long, default_value_t = 30.0)]
+    warmup_secs: f64,
+    /// Fail when RSS grows faster than this after the warm-up (least-squares slope, KiB per minute).
+    #[arg(long, default_value_t = 1024.0)]
+    max_rss_slope_kib_per_min: f64,
+    /// Fail when RSS grows more than this after the warm-up (median of the last tenth minus the first), KiB.
+    #[arg(long, default_value_t = 4096.0)]
+    max_rss_growth_kib: f64,
+    /// Fail when the open descriptors grow more than this after the warm-up (medians as for RSS).
+    #[arg(long, default_value_t = 8.0)]
+    max_fd_growth: f64,
+    /// Fail when the thread count grows more than this after the warm-up.
+    #[arg(long, default_value_t = 4.0)]
+    max_thread_growth: f64,
+    /// Fail when the tokio tasks grow more than this after the warm-up.
+    #[arg(long, default_value_t = 16.0)]
+    max_task_growth: f64,
+    /// k6's ack log (JSON lines), read at the end.
+    #[arg(long)]
+    acks: PathBuf,
+    /// k6's summary (k6/soak.js handleSummary), read at the end.
+    #[arg(long)]
+    k6_summary: Option<PathBuf>,
+    /// Written once every reader is connected.
+    #[arg(long)]
+    ready_file: PathBuf,
+    /// Where samples.csv and report.json go.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Write the resources-over-time plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Seconds the readers get after the stop signal to catch up with the end of the log.
+    #[arg(long, default_value_t = 30.0)]
+    catch_up_secs: f64,
+    /// Upper bound on the whole run, stop signal or not.
+    #[arg(long, default_value_t = 4.0 * 3600.0)]
+    max_secs: f64,
+    /// Runtime threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+impl SoakArgs {
+    fn config(&self) -> storyline_bench::soak::SoakConfig {
+        storyline_bench::soak::SoakConfig {
+            label: self.label.clone(),
+            url: self.url.clone(),
+            story_prefix: self.story_prefix.clone(),
+            stories: self.stories,
+            readers_per_story: self.readers_per_story,
+            jwt_secret: self.jwt_secret.clone(),
+            token_ttl_secs: self.token_ttl_secs,
+            reconnect_secs: self.reconnect_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            follow_interval_ms: self.follow_interval_ms,
+            server_pid: self.server_pid,
+            sample_secs: self.sample_secs,
+            warmup_secs: self.warmup_secs,
+            bounds: storyline_bench::soak::LeakBounds {
+                rss_slope_kib_per_min: self.max_rss_slope_kib_per_min,
+                rss_growth_kib: self.max_rss_growth_kib,
+                fd_growth: self.max_fd_growth,
+                thread_growth: self.max_thread_growth,
+                task_growth: self.max_task_growth,
+            },
+            acks: self.acks.clone(),
+            k6_summary: self.k6_summary.clone(),
+            ready_file: self.ready_file.clone(),
+            out_dir: self.out_dir.clone(),
+            plot: self.plot.clone(),
+            catch_up_secs: self.catch_up_secs,
+            max_secs: self.max_secs,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +279,16 @@ fn main() -> anyhow::Result<()> {
         // One thread per worker: more processes, not more threads, is how a run scales out.
         Some(Command::Worker) => return runtime(1)?.block_on(worker::serve()),
         Some(Command::Table { reports }) => return print_tables(&reports),
+        Some(Command::SoakReaders(args)) => {
+            let report = runtime(args.threads)?.block_on(storyline_bench::soak::run(args.config()))?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(report.render().as_bytes())?;
+            stdout.flush()?;
+            if !report.ok {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         None => {}
     }
     let config = cli.run.config()?;

@@ -1,11 +1,14 @@
 //! The per-run plot: end-to-end latency by percentile (an HdrHistogram-style "nines" axis), with p50, p90,
-//! p99 and p99.9 marked. SVG only, with plotters' built-in text layout: no system fonts are needed.
+//! p99 and p99.9 marked; and the soak plot: the server's resources over time. SVG only, with plotters' built-in
+//! text layout: no system fonts are needed.
 
 use std::path::Path;
 
 use anyhow::anyhow;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
+
+use crate::soak::sampler::Sample;
 
 const WIDTH: u32 = 800;
 const HEIGHT: u32 = 480;
@@ -81,6 +84,64 @@ pub fn write_latency_plot(path: &Path, title: &str, histogram: &Histogram<u64>) 
     Ok(())
 }
 
+/// One panel of the soak plot: a title and up to two series (name, colour, value of a sample).
+type Panel<'a> = (&'a str, [(&'a str, RGBColor, fn(&Sample) -> Option<f64>); 2]);
+
+/// Writes the soak plot: resident memory, open descriptors and streams, threads and tokio tasks over the run's
+/// minutes, one panel each, with the end of the warm-up marked.
+pub fn write_soak_plot(path: &Path, title: &str, samples: &[Sample], warmup_secs: f64) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (WIDTH, HEIGHT * 2)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(|e| anyhow!("plot: {e}"))?;
+    let panels: [Panel<'_>; 3] = [
+        ("resident memory (MiB)", [("RSS", BLUE, |s| s.rss_kib.map(|k| k / 1024.0)), ("", BLUE, |_| None)]),
+        ("open file descriptors / streams", [("fds", RED, |s| s.fds), ("open streams", GREEN, |s| s.streams)]),
+        ("threads / tokio tasks", [("threads", MAGENTA, |s| s.threads), ("tokio tasks", BLACK, |s| s.tasks)]),
+    ];
+    let minutes = samples.last().map_or(1.0, |s| s.t_secs / 60.0).max(1.0 / 60.0);
+    for (area, (caption, series)) in root.split_evenly((3, 1)).iter().zip(panels) {
+        let values = || samples.iter().flat_map(|s| series.iter().filter_map(move |(_, _, get)| get(s)));
+        let top = values().fold(0.0f64, f64::max) * 1.1 + 1.0;
+        let bottom = (values().fold(f64::INFINITY, f64::min) * 0.9).min(top - 1.0).max(0.0);
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..minutes, bottom..top)
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        chart.configure_mesh().x_desc("minutes").draw().map_err(|e| anyhow!("plot: {e}"))?;
+        let warmup = warmup_secs / 60.0;
+        if warmup < minutes {
+            chart
+                .draw_series([PathElement::new(vec![(warmup, bottom), (warmup, top)], BLACK.mix(0.3))])
+                .map_err(|e| anyhow!("plot: {e}"))?
+                .label("end of warm-up")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.3)));
+        }
+        for (name, colour, get) in series {
+            if name.is_empty() {
+                continue;
+            }
+            let points = samples.iter().filter_map(|s| get(s).map(|v| (s.t_secs / 60.0, v)));
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(|e| anyhow!("plot: {e}"))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| anyhow!("plot: {e}"))?;
+    }
+    root.present().map_err(|e| anyhow!("plot: {e}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +153,29 @@ mod tests {
         assert_eq!(percentile_label(nines(0.99)), "99%");
         assert_eq!(percentile_label(nines(0.999)), "99.9%");
         assert_eq!(percentile_label(4.0), "99.99%");
+    }
+
+    #[test]
+    fn a_soak_plot_has_its_three_panels() {
+        let dir = std::env::temp_dir().join(format!("storyline-bench-soak-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("soak.svg");
+        let samples: Vec<Sample> = (0..100)
+            .map(|t| Sample {
+                t_secs: f64::from(t) * 2.0,
+                rss_kib: Some(20_000.0 + f64::from(t)),
+                fds: Some(50.0),
+                threads: Some(7.0),
+                tasks: Some(40.0),
+                streams: Some(16.0),
+            })
+            .collect();
+        write_soak_plot(&path, "soak test", &samples, 30.0).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for text in ["soak test", "resident memory", "open file descriptors", "tokio tasks", "end of warm-up"] {
+            assert!(svg.contains(text), "missing {text}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -182,12 +182,12 @@ async fn run_stream(context: Arc<Context>, spec: StreamSpec) -> StreamResult {
             let _ = context.opened.send(false);
             return result;
         };
-        tokio::time::timeout(context.connect_timeout, open(context.addr, &spec)).await
+        tokio::time::timeout(context.connect_timeout, open(context.addr, spec.source, &spec.request)).await
     };
     let (mut socket, head, leftover) = match opened {
         Ok(Ok(open)) => open,
         Ok(Err(reason)) => {
-            result.failure = Some(reason);
+            result.failure = Some(reason.to_string());
             let _ = context.opened.send(false);
             return result;
         }
@@ -273,21 +273,40 @@ fn consume(
     })
 }
 
-/// Connects from the stream's source address, sends the GET and reads the response head; a non-200 answer
-/// is a failure. Returns the socket, the head and any body bytes read with it.
-async fn open(addr: SocketAddr, spec: &StreamSpec) -> Result<(TcpStream, Head, Vec<u8>), String> {
-    let socket =
-        if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| format!("socket: {e}"))?;
-    socket.bind(SocketAddr::new(spec.source, 0)).map_err(|e| format!("bind {}: {e}", spec.source))?;
-    let mut stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+/// Why a stream did not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// The server answered, but not 200; its head (status, `Retry-After`).
+    Refused(Head),
+    /// No answer: connect, write or read failed, or the answer was not HTTP.
+    Failed(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Refused(head) => write!(f, "status {}", head.status),
+            OpenError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Connects from `source`, sends `request` and reads the response head; a non-200 answer is
+/// [`OpenError::Refused`]. Returns the socket, the head and any body bytes read with it.
+pub async fn open(addr: SocketAddr, source: IpAddr, request: &[u8]) -> Result<(TcpStream, Head, Vec<u8>), OpenError> {
+    let failed = OpenError::Failed;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|e| failed(format!("socket: {e}")))?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(|e| failed(format!("bind {source}: {e}")))?;
+    let mut stream = socket.connect(addr).await.map_err(|e| failed(format!("connect: {e}")))?;
     let _ = stream.set_nodelay(true);
-    stream.write_all(&spec.request).await.map_err(|e| format!("write: {e}"))?;
+    stream.write_all(request).await.map_err(|e| failed(format!("write: {e}")))?;
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| format!("read head: {e}"))?;
+        let n = stream.read(&mut chunk).await.map_err(|e| failed(format!("read head: {e}")))?;
         if n == 0 {
-            return Err("closed before the response head".into());
+            return Err(failed("closed before the response head".into()));
         }
         buffer.extend_from_slice(&chunk[..n]);
         match parse_head(&buffer) {
@@ -296,8 +315,8 @@ async fn open(addr: SocketAddr, spec: &StreamSpec) -> Result<(TcpStream, Head, V
                 let leftover = buffer.split_off(head.len);
                 return Ok((stream, head, leftover));
             }
-            Ok(Some(head)) => return Err(format!("status {}", head.status)),
-            Err(e) => return Err(format!("bad response: {e}")),
+            Ok(Some(head)) => return Err(OpenError::Refused(head)),
+            Err(e) => return Err(failed(format!("bad response: {e}"))),
         }
     }
 }

@@ -33,6 +33,7 @@ pub(crate) const TRACE_SPANS_DROPPED: &str = "storyline_trace_spans_dropped_tota
 pub(crate) const BUILD_INFO: &str = "storyline_build_info";
 pub(crate) const AUDIT_EVENTS: &str = "storyline_audit_events_total";
 pub(crate) const JWKS_REFRESH_FAILURES: &str = "storyline_jwks_refresh_failures_total";
+pub(crate) const RUNTIME_ALIVE_TASKS: &str = "storyline_runtime_alive_tasks";
 
 /// How long streams stay open, seconds: from a reconnect loop (under a second) to a reader who stays all day.
 const CONNECTION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0];
@@ -166,6 +167,14 @@ fn describe() {
          unaffected."
     );
     ::metrics::counter!(TRACE_SPANS_DROPPED).absolute(0);
+    describe_gauge!(
+        RUNTIME_ALIVE_TASKS,
+        Unit::Count,
+        "Tokio tasks alive on this process's runtimes (every HTTP worker's and the background one), sampled when \
+         /metrics is scraped: open streams, their broker tails and timers, in-flight requests. Steady under steady \
+         load; a count that keeps growing is a task leak."
+    );
+    ::metrics::gauge!(RUNTIME_ALIVE_TASKS).set(0.0);
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; labels carry the version.");
     ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Every tier's series exists from the start (at 0), so dashboards and alerts see "none" rather than "no data".
@@ -202,6 +211,57 @@ pub(crate) fn collect_process() {
             collector
         })
         .collect();
+    collect_runtime_tasks();
+}
+
+/// The tokio runtimes the servers of this process run on, each with the number of registrations holding it.
+fn runtimes() -> &'static std::sync::Mutex<Vec<(tokio::runtime::Handle, usize)>> {
+    static RUNTIMES: OnceLock<std::sync::Mutex<Vec<(tokio::runtime::Handle, usize)>>> = OnceLock::new();
+    RUNTIMES.get_or_init(|| std::sync::Mutex::new(Vec::new()))
+}
+
+/// Counts the current tokio runtime in `storyline_runtime_alive_tasks` for as long as it lives. Each HTTP worker
+/// holds one in its app data (dropped when the worker stops), the server state one for the background runtime;
+/// a runtime registered twice is counted once.
+#[derive(Debug)]
+pub(crate) struct RuntimeRegistration(tokio::runtime::Id);
+
+impl RuntimeRegistration {
+    /// `None` outside a tokio runtime.
+    pub(crate) fn current() -> Option<Self> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let id = handle.id();
+        let mut runtimes = runtimes().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match runtimes.iter_mut().find(|(h, _)| h.id() == id) {
+            Some((_, count)) => *count += 1,
+            None => runtimes.push((handle, 1)),
+        }
+        Some(Self(id))
+    }
+}
+
+impl Drop for RuntimeRegistration {
+    fn drop(&mut self) {
+        let mut runtimes = runtimes().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = runtimes.iter().position(|(h, _)| h.id() == self.0) {
+            runtimes[at].1 -= 1;
+            if runtimes[at].1 == 0 {
+                runtimes.swap_remove(at);
+            }
+        }
+    }
+}
+
+/// Sets `storyline_runtime_alive_tasks`: one atomic read per registered runtime.
+fn collect_runtime_tasks() {
+    let alive: usize = runtimes()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(handle, _)| handle.metrics().num_alive_tasks())
+        .sum();
+    #[allow(clippy::cast_precision_loss)] // a count of tasks, far below 2^52
+    ::metrics::gauge!(RUNTIME_ALIVE_TASKS).set(alive as f64);
 }
 
 pub(crate) fn broker_call(op: &'static str, seconds: f64, error: Option<&storyline_core::BrokerError>) {
@@ -486,6 +546,37 @@ mod tests {
         assert!(gauge().contains("\nstoryline_subscriber_lag_events 5\n"), "{}", gauge());
         meters.scrape_lag();
         assert!(gauge().contains("\nstoryline_subscriber_lag_events 0\n"), "nothing read since: {}", gauge());
+    }
+
+    /// Alive tasks of runtime `id` as the gauge counts them; `None` when it is not registered.
+    fn counted(id: tokio::runtime::Id) -> Option<usize> {
+        let runtimes = runtimes().lock().unwrap();
+        runtimes.iter().find(|(h, _)| h.id() == id).map(|(h, _)| h.metrics().num_alive_tasks())
+    }
+
+    #[test]
+    fn alive_tasks_are_counted_on_registered_runtimes_while_registered() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let id = runtime.handle().id();
+        runtime.block_on(async {
+            assert_eq!(counted(id), None, "not registered yet");
+            let registration = RuntimeRegistration::current().unwrap();
+            let again = RuntimeRegistration::current().unwrap();
+            assert_eq!(counted(id), Some(0));
+            let tasks: Vec<_> = (0..3).map(|_| tokio::spawn(std::future::pending::<()>())).collect();
+            assert_eq!(counted(id), Some(3));
+            collect_runtime_tasks();
+            assert!(handle().render().contains("\nstoryline_runtime_alive_tasks "), "the gauge is rendered");
+            for task in tasks {
+                task.abort();
+                let _ = task.await;
+            }
+            assert_eq!(counted(id), Some(0), "ended tasks are not counted");
+            drop(again);
+            assert_eq!(counted(id), Some(0), "still registered once");
+            drop(registration);
+            assert_eq!(counted(id), None, "the last registration gone");
+        });
     }
 
     #[test]

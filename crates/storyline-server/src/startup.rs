@@ -53,6 +53,8 @@ pub struct AppState {
     pub(crate) event_labels: Arc<meters::EventLabels>,
     pub(crate) hub_meters: Arc<meters::HubMeters>,
     pub(crate) metrics: PrometheusHandle,
+    /// The background runtime, counted in `storyline_runtime_alive_tasks` while the server lives.
+    pub(crate) _runtime_tasks: Option<meters::RuntimeRegistration>,
 }
 
 /// The drain: once triggered, readiness fails and new streams are refused at once, while the open streams end
@@ -206,6 +208,7 @@ impl Application {
             event_labels,
             hub_meters,
             metrics: meters::handle(),
+            _runtime_tasks: meters::RuntimeRegistration::current(),
             config,
         });
         spawn_housekeeping(&state, shutdown.clone())?;
@@ -213,6 +216,8 @@ impl Application {
         let mut server = HttpServer::new(move || {
             let cors_origins = &state.config.cors_origins;
             App::new()
+                // Runs on each worker's own runtime: counts its tasks for as long as the worker lives.
+                .app_data(meters::RuntimeRegistration::current())
                 .app_data(state.clone())
                 .app_data(keys.clone())
                 .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
