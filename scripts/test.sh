@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the broker conformance suite (memory and Redis), the HTTP
-# contract suite (both brokers), the CLI tests and the benchmark tool's tests.
+# contract suite (both brokers), the CLI tests and the benchmark tool's tests; before them the compose stack's
+# static checks (scripts/compose-check.sh) and the AsyncAPI parser (scripts/asyncapi.sh), after them the short
+# k6 soak (scripts/soak.sh).
 #
 # `--full` (or STORYLINE_TEST_FULL=1) then also runs scripts/schemathesis.sh: schemathesis against the running
 # service and its OpenAPI document (needs python3 >= 3.10; CI runs this mode). Other arguments go to `cargo test`.
@@ -106,9 +108,17 @@ done
 # test is a cargo test (crates/storyline/tests/cli.rs).
 ./scripts/asyncapi.sh
 
-if [ "$FULL" != 1 ]; then
-  exec cargo test --workspace --locked "${CARGO_ARGS[@]}"
-fi
 cargo test --workspace --locked "${CARGO_ARGS[@]}"
-echo "test.sh: schemathesis against the running service (scripts/schemathesis.sh)" >&2
-./scripts/schemathesis.sh
+
+# The short soak: k6 publishers and storyline-bench readers against storyline on its own Redis for 150 s, with
+# the leak bounds (scripts/soak.sh; `--long` for 30 minutes). It reuses the dev binaries cargo test just built.
+# A run narrowed by cargo arguments (`./scripts/test.sh -p storyline-core`) is not the whole suite: no soak.
+if [ "${#CARGO_ARGS[@]}" -eq 0 ]; then
+  echo "test.sh: short soak with k6 on the Redis broker (scripts/soak.sh)" >&2
+  ./scripts/soak.sh --broker redis
+fi
+
+if [ "$FULL" = 1 ]; then
+  echo "test.sh: schemathesis against the running service (scripts/schemathesis.sh)" >&2
+  ./scripts/schemathesis.sh
+fi
