@@ -34,6 +34,9 @@ pub enum ApiError {
     BadEventId { value: String, source: EventIdError },
     #[error("{0}")]
     BadQuery(String),
+    /// A path parameter that does not decode (e.g. percent-encoded bytes that are not UTF-8).
+    #[error("{0}")]
+    BadPath(String),
     #[error("{0}")]
     BadIdempotencyKey(#[from] IdempotencyKeyError),
     #[error("request body is not valid JSON: {0}")]
@@ -111,6 +114,7 @@ impl ApiError {
             Self::BadStoryId(_) => "bad-story-id",
             Self::BadEventId { .. } => "bad-event-id",
             Self::BadQuery(_) => "bad-query",
+            Self::BadPath(_) => "bad-path",
             Self::BadIdempotencyKey(_) => "bad-idempotency-key",
             Self::MalformedJson(_) => "malformed-json",
             Self::IncompleteBody(_) => "incomplete-body",
@@ -137,6 +141,7 @@ impl ApiError {
             Self::BadStoryId(_) => "Invalid story id",
             Self::BadEventId { .. } => "Invalid event id",
             Self::BadQuery(_) => "Invalid query parameter",
+            Self::BadPath(_) => "Invalid path parameter",
             Self::BadIdempotencyKey(_) => "Invalid Idempotency-Key",
             Self::MalformedJson(_) => "Malformed JSON",
             Self::IncompleteBody(_) => "Incomplete request body",
@@ -187,6 +192,7 @@ impl ResponseError for ApiError {
             Self::BadStoryId(_)
             | Self::BadEventId { .. }
             | Self::BadQuery(_)
+            | Self::BadPath(_)
             | Self::BadIdempotencyKey(_)
             | Self::MalformedJson(_)
             | Self::IncompleteBody(_) => StatusCode::BAD_REQUEST,
@@ -245,6 +251,15 @@ mod tests {
         let e = ApiError::Unconfirmed { retry_after_secs: 1, cause: "redis://secret".into() };
         assert!(!e.problem().detail.contains("secret"));
         assert!(e.problem().detail.contains("Idempotency-Key"), "says how to settle the outcome");
+    }
+
+    #[test]
+    fn path_and_query_rejections_name_what_was_wrong() {
+        let path = ApiError::BadPath("cannot decode".into()).problem();
+        assert_eq!((path.status, path.problem_type.as_str()), (400, "urn:storyline:problem:bad-path"));
+        assert_eq!(path.title, "Invalid path parameter");
+        let query = ApiError::BadQuery("limit".into()).problem();
+        assert_eq!((query.status, query.title.as_str()), (400, "Invalid query parameter"));
     }
 
     #[test]

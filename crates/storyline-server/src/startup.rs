@@ -221,7 +221,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(keys.clone())
                 .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
-                .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()))
+                .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadPath(e.to_string()).into()))
                 .wrap(Condition::new(!cors_origins.is_empty(), cors(cors_origins)))
                 .wrap(from_fn(credentials_only_with_a_granted_origin))
                 .wrap(from_fn(limit_headers))
