@@ -166,8 +166,9 @@ impl SubscriberSet {
     }
 }
 
+/// What reading a stream's body can fail with: its HTTP framing or its SSE (the soak readers' too).
 #[derive(Debug, thiserror::Error)]
-enum StreamError {
+pub(crate) enum StreamError {
     #[error("{0}")]
     Http(#[from] HttpError),
     #[error("{0}")]

@@ -30,9 +30,9 @@ use tokio::{
 
 use super::{EventId, Minter, SoakConfig, Target, say};
 use crate::{
-    http::{BodyDecoder, HttpError, Progress, get_request_with},
-    sse::{Frame, SseError, SseParser},
-    subscriber::{OpenError, open},
+    http::{BodyDecoder, Progress, get_request_with},
+    sse::{Frame, SseParser},
+    subscriber::{OpenError, StreamError, open},
     system::now_us,
 };
 
@@ -231,14 +231,6 @@ struct Connection {
     frames: u64,
     token_expired: bool,
     drain_hint: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error("{0}")]
-    Http(#[from] HttpError),
-    #[error("{0}")]
-    Sse(#[from] SseError),
 }
 
 async fn run_reader(

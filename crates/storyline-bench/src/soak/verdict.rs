@@ -682,19 +682,7 @@ mod tests {
     }
 
     fn judge_world(world: &World, config: &SoakConfig) -> SoakReport {
-        judge(Inputs {
-            config,
-            stories: &world.stories,
-            logs: &world.logs,
-            outcomes: &world.outcomes,
-            acks: &world.acks,
-            samples: &world.samples,
-            closes: Some(CloseReasons::default()),
-            k6: None,
-            stopped_by_signal: true,
-            caught_up: true,
-            load_secs: 60.0,
-        })
+        judge(inputs_of(world, config))
     }
 
     #[test]
