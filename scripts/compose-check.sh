@@ -39,14 +39,7 @@ fail() { say "FAILED: $*"; exit 1; }
 # without a policy-rc.d that forbids it); these checks do not use one, so a server this install started is
 # stopped again.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  was_running=0
-  if [ -s /run/nginx.pid ]; then was_running=1; fi
-  apt_install nginx nginx --no-install-recommends || fail "nginx is required (Debian/Ubuntu: apt-get install nginx)"
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
-    { systemctl disable --now nginx || sudo -n systemctl disable --now nginx; } >/dev/null 2>&1 || true
-  elif [ "$was_running" = 0 ] && [ -s /run/nginx.pid ]; then
-    { kill -QUIT "$(cat /run/nginx.pid)" || sudo -n kill -QUIT "$(cat /run/nginx.pid)"; } 2>/dev/null || true
-  fi
+  apt_install_daemon nginx nginx nginx /run/nginx.pid || fail "nginx is required (Debian/Ubuntu: apt-get install nginx)"
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [ -x "$NGINX" ] || fail "nginx is not on PATH after installing it"
@@ -62,10 +55,8 @@ if ! "$PY" -c 'import yaml' 2>/dev/null; then
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then
-  apt_install promtool prometheus --no-install-recommends || fail "promtool is required (Debian/Ubuntu: apt-get install prometheus)"
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-    { systemctl disable --now prometheus || sudo -n systemctl disable --now prometheus; } >/dev/null 2>&1 || true
-  fi
+  apt_install_daemon promtool prometheus prometheus \
+    || fail "promtool is required (Debian/Ubuntu: apt-get install prometheus)"
 fi
 
 SUDO=""

@@ -19,3 +19,21 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" "$package" >/dev/null
 }
+
+# Install a Debian package whose install starts a daemon of its own (nginx on :80, prometheus on :9090), and stop
+# that daemon again if this install started it: the tests run their own on free ports and never use a system one.
+#
+#   apt_install_daemon <what> <package> <service> [pidfile]
+#
+# Where systemd runs, the service is stopped and disabled; elsewhere a daemon that wrote <pidfile> during the
+# install (and not before) gets SIGQUIT. Returns 1 where apt_install does.
+apt_install_daemon() {
+  local what="$1" package="$2" service="$3" pidfile="${4:-}" was_running=0
+  if [ -n "$pidfile" ] && [ -s "$pidfile" ]; then was_running=1; fi
+  apt_install "$what" "$package" --no-install-recommends || return 1
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    { systemctl disable --now "$service" || sudo -n systemctl disable --now "$service"; } >/dev/null 2>&1 || true
+  elif [ "$was_running" = 0 ] && [ -n "$pidfile" ] && [ -s "$pidfile" ]; then
+    { kill -QUIT "$(cat "$pidfile")" || sudo -n kill -QUIT "$(cat "$pidfile")"; } 2>/dev/null || true
+  fi
+}

@@ -52,10 +52,7 @@ fi
 # package prometheus. On a systemd machine the package starts a Prometheus server on :9090, which these tests do
 # not use, so a server that this install started is stopped and disabled again.
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  if apt_install promtool prometheus --no-install-recommends; then
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-      { systemctl disable --now prometheus || sudo -n systemctl disable --now prometheus; } >/dev/null 2>&1 || true
-    fi
+  if apt_install_daemon promtool prometheus prometheus; then
     command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
       || { echo "test.sh: the prometheus package did not provide promtool and prometheus" >&2; exit 1; }
   else
