@@ -109,7 +109,7 @@ cargo test --workspace --locked "${CARGO_ARGS[@]}"
 
 # The short soak: k6 publishers and storyline-bench readers against storyline on its own Redis for 150 s, with
 # the leak bounds (scripts/soak.sh; `--long` for 30 minutes). It reuses the dev binaries cargo test just built.
-# A run narrowed by cargo arguments (`./scripts/test.sh -p storyline-core`) is not the whole suite: no soak.
+# A run given cargo arguments (a test-name filter: `./scripts/test.sh conformance`) is not the whole suite: no soak.
 if [ "${#CARGO_ARGS[@]}" -eq 0 ]; then
   echo "test.sh: short soak with k6 on the Redis broker (scripts/soak.sh)" >&2
   ./scripts/soak.sh --broker redis
