@@ -33,6 +33,18 @@ async fn publish_n(client: &Client, story: &str, from: u64, n: u64) -> Vec<Recei
     receipts
 }
 
+/// Publishes `total` events from a task, one every `pause` (pacing, not a wait for a condition).
+fn paced(client: Client, story: &'static str, total: u64, pause: Duration) -> tokio::task::JoinHandle<Vec<Receipt>> {
+    tokio::spawn(async move {
+        let mut receipts = Vec::new();
+        for seq in 0..total {
+            receipts.extend(publish_n(&client, story, seq, 1).await);
+            tokio::time::sleep(pause).await;
+        }
+        receipts
+    })
+}
+
 fn ids(receipts: &[Receipt]) -> Vec<EventId> {
     receipts.iter().map(|r| r.id).collect()
 }
@@ -58,15 +70,7 @@ async fn a_server_restart_mid_stream_loses_and_repeats_nothing(kind: Kind) {
     let client = env.client_at(&proxy.base);
     let mut subscription = client.subscribe(&story("sub-restart"), from_the_start());
     // The publisher goes through the proxy too: its retries carry it over the restart.
-    let publisher = client.clone();
-    let published = tokio::spawn(async move {
-        let mut receipts = Vec::new();
-        for seq in 0..TOTAL {
-            receipts.extend(publish_n(&publisher, "sub-restart", seq, 1).await);
-            tokio::time::sleep(Duration::from_millis(10)).await; // pacing, not a wait for a condition
-        }
-        receipts
-    });
+    let published = paced(client.clone(), "sub-restart", TOTAL, Duration::from_millis(10));
     let mut got = events(&mut subscription, 40).await;
 
     // Restart: stop the app (its streams end), start another on the same data, send traffic there.
@@ -129,15 +133,7 @@ async fn expiring_tokens_are_refreshed_without_losing_or_repeating_an_event(kind
         .build()
         .unwrap();
     let mut subscription = reader.subscribe(&story("sub-expiry"), from_the_start());
-    let publisher = env.client();
-    let published = tokio::spawn(async move {
-        let mut receipts = Vec::new();
-        for seq in 0..TOTAL {
-            receipts.extend(publish_n(&publisher, "sub-expiry", seq, 1).await);
-            tokio::time::sleep(Duration::from_millis(120)).await; // pacing over ~7 s
-        }
-        receipts
-    });
+    let published = paced(env.client(), "sub-expiry", TOTAL, Duration::from_millis(120)); // over ~7 s
     let got = events(&mut subscription, usize::try_from(TOTAL).unwrap()).await;
     let receipts = published.await.unwrap();
     let (lost, duplicates, in_order) = tally(&ids(&receipts), &got.iter().map(|e| e.id).collect::<Vec<_>>());
