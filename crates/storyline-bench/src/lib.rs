@@ -8,7 +8,8 @@
 //! Layout:
 //! - [`config`]: the parameters and their validated [`config::Plan`]; [`template`]: URL/header/body templates,
 //!   loopback-only targets.
-//! - [`subscriber`]: raw-socket streams with a hand-written GET ([`http`]) and SSE parser ([`sse`]).
+//! - [`subscriber`]: raw-socket streams with a hand-written GET ([`http`]) and the SSE parser of
+//!   `storyline-client` (re-exported with the payload marks by [`sse`]).
 //! - [`publisher`]: absolute-deadline pacing over a small keep-alive pool.
 //! - [`stats`]: lost/duplicate accounting and histograms; [`worker`]: splitting streams over processes.
 //! - [`run`]: the phases; [`report`] and [`plot`]: the output; [`system`]: `/proc` readings.

@@ -11,6 +11,11 @@
 //! `--interval-secs` and serves its own `/metrics` (a Prometheus recorder private to this process: the probe is
 //! never the service, so installing the global recorder here is ours to do).
 //!
+//! It speaks the protocol through `storyline-client` (one piece of code for it in the workspace): the publish
+//! with its typed refusals, and one stream connection at a time read exactly as sent ([`Client::open_stream`],
+//! not the resuming subscription, whose job is to hide the gaps and replays this probe must see). The client's
+//! retries are off: a probe reports what it met.
+//!
 //! This module must never panic on what the network sends: every answer is checked and turned into a failure.
 
 use std::{
@@ -21,11 +26,10 @@ use std::{
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, stream::BoxStream};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use storyline_core::StoryId;
+use storyline_client::{Client, Connection, Envelope, Error, Event, RetryPolicy, StreamFrame};
+use storyline_core::{EventId, EventType, IdempotencyKey, StoryId};
 
 pub(crate) const SUCCESS: &str = "storyline_probe_success";
 pub(crate) const ROUND_TRIP: &str = "storyline_probe_round_trip_seconds";
@@ -37,9 +41,6 @@ const ROUND_TRIP_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0
 
 /// The event type the probe publishes.
 const PROBE_EVENT_TYPE: &str = "probe";
-
-/// Largest frame the probe buffers: a server that sends more without a blank line is broken (or hostile).
-const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The environment variable `--token` falls back to. `serve` ignores it (it is listed among the `STORYLINE_*`
 /// variables that are not settings), so one environment can hold both.
@@ -126,10 +127,9 @@ struct Success {
 /// Everything one run needs, resolved from the flags.
 #[derive(Debug, Clone)]
 struct Target {
-    client: reqwest::Client,
+    client: Client,
+    story: StoryId,
     stream_url: String,
-    events_url: String,
-    token: String,
     timeout: Duration,
 }
 
@@ -147,12 +147,18 @@ impl Target {
             anyhow::bail!("--token (or {TOKEN_ENV}) is empty");
         }
         let timeout = Duration::from_secs(args.timeout_secs);
-        let client = reqwest::Client::builder().connect_timeout(timeout).build().context("HTTP client")?;
+        let client = Client::builder(base)
+            .token(token)
+            .connect_timeout(timeout)
+            .request_timeout(timeout)
+            .idle_timeout(timeout)
+            .retry(RetryPolicy::none())
+            .build()
+            .context("HTTP client")?;
         Ok(Self {
             client,
+            story: args.story.clone(),
             stream_url: format!("{base}/v1/stories/{}/stream", args.story),
-            events_url: format!("{base}/v1/stories/{}/events", args.story),
-            token,
             timeout,
         })
     }
@@ -289,16 +295,17 @@ async fn probe(target: &Target) -> Result<Success, Failure> {
     let deadline = tokio::time::Instant::now() + target.timeout;
     let post = publish(target, &first_nonce);
     tokio::pin!(post);
-    let mut posted: Option<String> = None;
-    let mut arrived: Option<(String, Instant)> = None;
+    let mut posted: Option<EventId> = None;
+    let mut arrived: Option<(EventId, Instant)> = None;
     while posted.is_none() || arrived.is_none() {
         tokio::select! {
             result = &mut post, if posted.is_none() => posted = Some(result?),
             frame = stream.next_event(), if arrived.is_none() => {
-                let frame = frame?;
-                if nonce_of(&frame).as_deref() == Some(first_nonce.as_str()) {
-                    let id = frame.id.clone().ok_or_else(|| fail(Reason::Protocol, "the probe event's frame has no id"))?;
-                    arrived = Some((id, Instant::now()));
+                // A gap on a live stream opened at the newest event is nothing the round trip waits for.
+                if let Probed::Event(event) = frame?
+                    && nonce_of(&event).as_deref() == Some(first_nonce.as_str())
+                {
+                    arrived = Some((event.id, Instant::now()));
                 }
             }
             () = tokio::time::sleep_until(deadline) => {
@@ -324,40 +331,36 @@ async fn probe(target: &Target) -> Result<Success, Failure> {
     drop(stream);
     let second_nonce = nonce()?;
     let second_id = bounded(target.timeout, "the second POST got no answer", publish(target, &second_nonce)).await?;
-    let mut resumed = SseStream::open(target, Some(&first_id)).await?;
+    let mut resumed = SseStream::open(target, Some(first_id)).await?;
     let check = async {
         loop {
-            let frame = resumed.next_event().await?;
-            if frame.event.as_deref() == Some("gap") {
-                return Err(fail(
-                    Reason::Resume,
-                    format!(
-                        "resuming after {first_id} got a gap frame ({}): retention trimmed the probe story",
-                        frame.data.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
-            let id = frame.id.as_deref().unwrap_or("");
+            let event = match resumed.next_event().await? {
+                Probed::Gap(gap) => {
+                    return Err(fail(
+                        Reason::Resume,
+                        format!(
+                            "resuming after {first_id} got a gap frame (requested {}, resumed from {}): retention \
+                             trimmed the probe story",
+                            gap.requested, gap.resumed_from
+                        ),
+                    ));
+                }
+                Probed::Event(event) => event,
+            };
+            let id = event.id;
             if id == second_id {
-                if nonce_of(&frame).as_deref() != Some(second_nonce.as_str()) {
+                if nonce_of(&event).as_deref() != Some(second_nonce.as_str()) {
                     return Err(fail(Reason::Protocol, format!("event {id} does not carry the probe's nonce")));
                 }
                 return Ok(());
             }
             // Another writer on the probe story may append between our two events; those are fine. Anything at
             // or before the resume point (a replay) or after the second event (a loss) is not an exact resume.
-            match (compare_ids(id, &first_id), compare_ids(id, &second_id)) {
-                (Some(std::cmp::Ordering::Greater), Some(std::cmp::Ordering::Less)) => continue,
-                (Some(std::cmp::Ordering::Greater), Some(_)) => {
-                    return Err(fail(
-                        Reason::Resume,
-                        format!("resuming after {first_id} skipped {second_id} (got {id})"),
-                    ));
-                }
-                (Some(_), _) => {
-                    return Err(fail(Reason::Resume, format!("resuming after {first_id} replayed {id}")));
-                }
-                (None, _) => return Err(fail(Reason::Protocol, format!("event frame with a malformed id {id:?}"))),
+            if id <= first_id {
+                return Err(fail(Reason::Resume, format!("resuming after {first_id} replayed {id}")));
+            }
+            if id > second_id {
+                return Err(fail(Reason::Resume, format!("resuming after {first_id} skipped {second_id} (got {id})")));
             }
         }
     };
@@ -371,15 +374,6 @@ async fn probe(target: &Target) -> Result<Success, Failure> {
         }
     }
     Ok(Success { round_trip })
-}
-
-/// Orders two `<ms>-<seq>` ids; `None` if either is malformed.
-fn compare_ids(a: &str, b: &str) -> Option<std::cmp::Ordering> {
-    let parse = |s: &str| -> Option<(u64, u64)> {
-        let (ms, seq) = s.split_once('-')?;
-        Some((ms.parse().ok()?, seq.parse().ok()?))
-    };
-    Some(parse(a)?.cmp(&parse(b)?))
 }
 
 async fn bounded<T>(limit: Duration, what: &str, step: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
@@ -396,65 +390,39 @@ fn nonce() -> Result<String, Failure> {
 }
 
 /// POSTs one probe event; returns the id the service assigned.
-async fn publish(target: &Target, nonce: &str) -> Result<String, Failure> {
+async fn publish(target: &Target, nonce: &str) -> Result<EventId, Failure> {
     let sent_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let body = serde_json::json!({
-        "type": PROBE_EVENT_TYPE,
-        "data": { "nonce": nonce, "sent_at_ms": sent_at_ms },
-    });
-    let response = target
-        .client
-        .post(&target.events_url)
-        .bearer_auth(&target.token)
-        .header("idempotency-key", format!("probe-{nonce}"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| transport_failure("POST", e))?;
-    let status = response.status();
-    match status.as_u16() {
-        201 => {}
-        401 | 403 => {
-            return Err(fail(Reason::Auth, format!("POST answered {}{}", status.as_u16(), problem(response).await)));
+    let event_type = EventType::parse(PROBE_EVENT_TYPE).map_err(|e| fail(Reason::Protocol, e.to_string()))?;
+    let key = IdempotencyKey::parse(&format!("probe-{nonce}")).map_err(|e| fail(Reason::Protocol, e.to_string()))?;
+    let data = serde_json::json!({ "nonce": nonce, "sent_at_ms": sent_at_ms });
+    let event = Event::new(event_type, data).idempotency_key(key);
+    match target.client.publish(&target.story, &event).await {
+        Ok(receipt) if receipt.replayed => {
+            Err(fail(Reason::Protocol, "POST answered 200 (an idempotent replay) for a fresh Idempotency-Key"))
         }
-        200 => {
-            return Err(fail(Reason::Protocol, "POST answered 200 (an idempotent replay) for a fresh Idempotency-Key"));
-        }
-        _ => {
-            return Err(fail(Reason::Publish, format!("POST answered {}{}", status.as_u16(), problem(response).await)));
-        }
-    }
-    let answer: serde_json::Value =
-        response.json().await.map_err(|e| fail(Reason::Protocol, format!("POST answer is not JSON: {e}")))?;
-    answer["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| fail(Reason::Protocol, format!("POST answer has no id: {answer}")))
-}
-
-/// `: <title>: <detail>` from a problem+json body, or nothing (also when the body does not come within a second:
-/// it only decorates a failure that is already known).
-async fn problem(response: reqwest::Response) -> String {
-    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(1), response.json::<serde_json::Value>()).await else {
-        return String::new();
-    };
-    let title = body["title"].as_str().unwrap_or("");
-    match body["detail"].as_str() {
-        Some(detail) if !detail.is_empty() => format!(": {title}: {detail}"),
-        _ if !title.is_empty() => format!(": {title}"),
-        _ => String::new(),
+        Ok(receipt) => Ok(receipt.id),
+        Err(e) => Err(failure("POST", Reason::Publish, &e)),
     }
 }
 
-fn transport_failure(what: &str, e: reqwest::Error) -> Failure {
-    // Without the URL: it may carry a token in its query (it does not here, but the habit is cheap).
-    let e = e.without_url();
-    if e.is_timeout() {
-        fail(Reason::Timeout, format!("{what} timed out: {}", error_chain(&e)))
-    } else if e.is_connect() {
-        fail(Reason::Connect, format!("{what}: could not connect: {}", error_chain(&e)))
-    } else {
-        fail(Reason::Connect, format!("{what} failed: {}", error_chain(&e)))
+/// The failure for a client error: refused tokens are `auth`, other refusals `refused`, no answer `connect` or
+/// `timeout`, an answer off the contract `protocol`. Messages never carry the URL (it may carry a token).
+fn failure(what: &str, refused: Reason, e: &Error) -> Failure {
+    match e {
+        Error::Unauthenticated(p) | Error::Forbidden(p) | Error::IpDenied(p) => {
+            fail(Reason::Auth, format!("{what} answered {}: {}: {}", p.status, p.title, p.detail))
+        }
+        Error::TimedOut(after) => fail(Reason::Timeout, format!("{what} timed out after {after:?}")),
+        Error::Network(e) if e.is_connect() => {
+            fail(Reason::Connect, format!("{what}: could not connect: {}", error_chain(e)))
+        }
+        Error::Network(e) => fail(Reason::Connect, format!("{what} failed: {}", error_chain(e))),
+        Error::Decode(_) => fail(Reason::Protocol, format!("{what}: {e}")),
+        other => match (other.status(), other.problem()) {
+            (_, Some(p)) => fail(refused, format!("{what} answered {}: {}: {}", p.status, p.title, p.detail)),
+            (Some(status), None) => fail(refused, format!("{what} answered {status}")),
+            (None, None) => fail(refused, format!("{what}: {other}")),
+        },
     }
 }
 
@@ -469,85 +437,50 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// One SSE frame (decoded by the hub's client-side decoder, the one the test kit uses too).
-type Frame = storyline_hub::SseFrame;
-
-/// The nonce inside the envelope's `data`, if `frame` is a probe event.
-fn nonce_of(frame: &Frame) -> Option<String> {
-    let envelope: serde_json::Value = serde_json::from_str(frame.data.as_deref()?).ok()?;
-    envelope["data"]["nonce"].as_str().map(str::to_owned)
+/// The nonce inside the envelope's `data`, if it is a probe event.
+fn nonce_of(event: &Envelope) -> Option<String> {
+    event.data["nonce"].as_str().map(str::to_owned)
 }
 
-/// An open stream read frame by frame. Reading is cancel-safe: a chunk is moved into the buffer as soon as it
-/// arrives, so a `select!` that drops [`SseStream::next_event`] loses nothing.
+/// What the probe reads off a stream: story events and gaps.
+enum Probed {
+    Event(Envelope),
+    Gap(storyline_client::Gap),
+}
+
+/// One open stream (no resume, no retry: the probe checks the server's resume itself).
 struct SseStream {
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
-    buffer: BytesMut,
+    connection: Connection,
 }
 
 impl SseStream {
     /// Opens the stream (resuming after `last_event_id` if given) and checks the answer's head.
-    async fn open(target: &Target, last_event_id: Option<&str>) -> Result<Self, Failure> {
-        let mut request = target.client.get(&target.stream_url).bearer_auth(&target.token);
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = bounded(target.timeout, "the stream open got no answer", async {
-            request.send().await.map_err(|e| transport_failure("GET stream", e))
+    async fn open(target: &Target, last_event_id: Option<EventId>) -> Result<Self, Failure> {
+        let opened = bounded(target.timeout, "the stream open got no answer", async {
+            target
+                .client
+                .open_stream(&target.story, last_event_id)
+                .await
+                .map_err(|e| failure("GET stream", Reason::Connect, &e))
         })
         .await?;
-        let status = response.status();
-        match status.as_u16() {
-            200 => {}
-            401 | 403 => {
-                return Err(fail(
-                    Reason::Auth,
-                    format!("GET stream answered {}{}", status.as_u16(), problem(response).await),
-                ));
-            }
-            _ => {
-                return Err(fail(
-                    Reason::Connect,
-                    format!("GET stream answered {}{}", status.as_u16(), problem(response).await),
-                ));
-            }
-        }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        if !content_type.starts_with("text/event-stream") {
-            return Err(fail(Reason::Protocol, format!("GET stream answered content type {content_type:?}")));
-        }
-        Ok(Self { body: response.bytes_stream().boxed(), buffer: BytesMut::new() })
+        Ok(Self { connection: opened })
     }
 
-    /// The next frame that carries data (skipping `retry:` and heartbeat comments). Unbounded: callers bound it.
-    async fn next_event(&mut self) -> Result<Frame, Failure> {
+    /// The next event or gap (skipping `retry:` frames; heartbeats are no frames). Unbounded: callers bound it.
+    async fn next_event(&mut self) -> Result<Probed, Failure> {
         loop {
-            while let Some(frame) = self.take_frame() {
-                if frame.event.as_deref() == Some(storyline_core::TOKEN_EXPIRED_EVENT) {
+            match self.connection.next().await {
+                Ok(Some(StreamFrame::Event(event))) => return Ok(Probed::Event(event)),
+                Ok(Some(StreamFrame::Gap(gap))) => return Ok(Probed::Gap(gap)),
+                Ok(Some(StreamFrame::Retry(_))) => {}
+                Ok(Some(StreamFrame::TokenExpired { .. })) => {
                     return Err(fail(Reason::Auth, "the stream ended with token-expired: mint a longer-lived token"));
                 }
-                if frame.data.is_some() {
-                    return Ok(frame);
-                }
-            }
-            if self.buffer.len() > MAX_FRAME_BYTES {
-                return Err(fail(Reason::Protocol, format!("no frame end within {MAX_FRAME_BYTES} bytes")));
-            }
-            match self.body.next().await {
-                None => return Err(fail(Reason::Protocol, "the server ended the stream")),
-                Some(Err(e)) => return Err(transport_failure("reading the stream", e)),
-                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Err(fail(Reason::Protocol, "the server ended the stream")),
+                Err(e) => return Err(failure("reading the stream", Reason::Protocol, &e)),
             }
         }
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        storyline_hub::take_frame(&mut self.buffer)
     }
 }
 
@@ -557,21 +490,36 @@ mod tests {
 
     #[test]
     fn the_nonce_is_read_from_the_envelope_data() {
-        let frame = Frame { data: Some(r#"{"id":"1-0","data":{"nonce":"abc"}}"#.into()), ..Frame::default() };
-        assert_eq!(nonce_of(&frame).as_deref(), Some("abc"));
-        let other = Frame { data: Some(r#"{"id":"1-0","data":{"text":"x"}}"#.into()), ..Frame::default() };
-        assert_eq!(nonce_of(&other), None);
-        let garbage = Frame { data: Some("not json".into()), ..Frame::default() };
-        assert_eq!(nonce_of(&garbage), None);
+        let envelope = |data: &str| -> Envelope {
+            serde_json::from_str(&format!(
+                r#"{{"id":"1-0","story":"probe:s","type":"probe","data":{data},"author":"p","ts":1}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(nonce_of(&envelope(r#"{"nonce":"abc"}"#)).as_deref(), Some("abc"));
+        assert_eq!(nonce_of(&envelope(r#"{"text":"x"}"#)), None);
+        assert_eq!(nonce_of(&envelope("\"nonce\"")), None);
     }
 
     #[test]
-    fn ids_compare_numerically_not_as_text() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_ids("9-0", "10-0"), Some(Less));
-        assert_eq!(compare_ids("10-2", "10-10"), Some(Less));
-        assert_eq!(compare_ids("10-10", "10-10"), Some(Equal));
-        assert_eq!(compare_ids("x", "10-10"), None);
+    fn refusals_map_to_their_reasons() {
+        let problem = |status: u16, slug: &str| storyline_client::Problem {
+            problem_type: format!("urn:storyline:problem:{slug}"),
+            title: "T".into(),
+            status,
+            detail: "d".into(),
+            retry_after: None,
+        };
+        let cases = [
+            (Error::Unauthenticated(problem(401, "unauthenticated")), Reason::Auth),
+            (Error::Forbidden(problem(403, "forbidden")), Reason::Auth),
+            (Error::Draining(problem(503, "draining")), Reason::Publish),
+            (Error::TimedOut(Duration::from_secs(1)), Reason::Timeout),
+            (Error::Decode("x".into()), Reason::Protocol),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(failure("POST", Reason::Publish, &error).reason, reason, "{error:?}");
+        }
     }
 
     #[test]

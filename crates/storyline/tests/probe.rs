@@ -168,11 +168,12 @@ async fn fake_storyline(resume: FakeResume) -> String {
     async fn publish(state: web::Data<State>, body: web::Json<serde_json::Value>) -> HttpResponse {
         let mut frames = state.frames.lock().unwrap();
         let id = format!("1000-{}", frames.len());
-        let envelope = serde_json::json!({"id": id, "story": "probe:synthetic", "type": "probe", "data": body["data"]});
+        let envelope = serde_json::json!({"id": id, "story": "probe:synthetic", "type": "probe", "data": body["data"], "author": "probe", "ts": 1000});
         let frame = format!("id: {id}\nevent: probe\ndata: {envelope}\n\n");
         frames.push(frame.clone());
         let _ = state.live.send(frame);
-        HttpResponse::Created().json(serde_json::json!({"id": id}))
+        HttpResponse::Created()
+            .json(serde_json::json!({"id": id, "story": "probe:synthetic", "type": "probe", "ts": 1000}))
     }
 
     async fn stream(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
