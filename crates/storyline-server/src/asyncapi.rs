@@ -234,34 +234,63 @@ fn story_parameter(stream: &Operation<'_>) -> Result<Value, AsyncApiError> {
 }
 
 fn stream_operation(stream: &Operation<'_>) -> Result<Value, AsyncApiError> {
-    let mut query = Mapping::new();
-    for name in ["last_event_id", "access_token"] {
-        query.insert(Value::from(name), stream.parameter_schema("query", name)?);
-    }
-    let last_event_id = "Last-Event-ID";
-    let refusals = stream.refusals()?;
-    Ok(map! {
-        "action" => "send",
-        "channel" => reference(&["channels", STREAM_CHANNEL]),
-        "title" => text(stream.operation, "summary")?,
-        "summary" => "Every frame a reader of a story receives.",
-        "description" => format!(
-            "{STREAM_RESUME_DESCRIPTION}\n\nRefusals, before the stream opens (`application/problem+json`):\n{refusals}"
+    let spec = StreamOperation {
+        channel: STREAM_CHANNEL,
+        messages: &STREAM_MESSAGES,
+        query: &["last_event_id", "access_token"],
+        required: &[],
+        summary: "Every frame a reader of a story receives.",
+        description: format!(
+            "{STREAM_RESUME_DESCRIPTION}\n\nRefusals, before the stream opens (`application/problem+json`):\n{}",
+            stream.refusals()?
         ),
-        "security" => stream.security()?,
-        "bindings" => map! {
-            "http" => map! {
-                "method" => stream.method.to_uppercase(),
-                "query" => map! { "type" => "object", "properties" => Value::Mapping(query) },
-                "bindingVersion" => HTTP_BINDING_VERSION,
+    };
+    spec.operation(stream)
+}
+
+/// What tells the two stream operations apart; the rest of their description is the same.
+struct StreamOperation {
+    channel: &'static str,
+    messages: &'static [&'static str],
+    /// The query parameters, from the OpenAPI operation, and those of them that are required.
+    query: &'static [&'static str],
+    required: &'static [&'static str],
+    summary: &'static str,
+    description: String,
+}
+
+impl StreamOperation {
+    fn operation(self, op: &Operation<'_>) -> Result<Value, AsyncApiError> {
+        let mut query = Mapping::new();
+        for name in self.query {
+            query.insert(Value::from(*name), op.parameter_schema("query", name)?);
+        }
+        let mut query = map! { "type" => "object", "properties" => Value::Mapping(query) };
+        if let (Value::Mapping(m), false) = (&mut query, self.required.is_empty()) {
+            m.insert("required".into(), self.required.to_vec().into());
+        }
+        let last_event_id = "Last-Event-ID";
+        Ok(map! {
+            "action" => "send",
+            "channel" => reference(&["channels", self.channel]),
+            "title" => text(op.operation, "summary")?,
+            "summary" => self.summary,
+            "description" => self.description,
+            "security" => op.security()?,
+            "bindings" => map! {
+                "http" => map! {
+                    "method" => op.method.to_uppercase(),
+                    "query" => query,
+                    "bindingVersion" => HTTP_BINDING_VERSION,
+                },
             },
-        },
-        "x-request-headers" => map! {
-            "type" => "object",
-            "properties" => map! { last_event_id => stream.parameter_schema("header", last_event_id)? },
-        },
-        "messages" => operation_messages(STREAM_CHANNEL, &STREAM_MESSAGES),
-    })
+            "x-request-headers" => map! {
+                "type" => "object",
+                "properties" => map! { last_event_id => op.parameter_schema("header", last_event_id)? },
+            },
+            "messages" => operation_messages(self.channel, self.messages),
+        })
+    }
 }
 
 const STREAM_RESUME_DESCRIPTION: &str = "\
@@ -310,35 +339,19 @@ so that a resume after it does not report the hole again.
 story stream. The cursor costs O(stories) bytes on every frame (at most 41 per story).";
 
 fn streams_operation(streams: &Operation<'_>) -> Result<Value, AsyncApiError> {
-    let mut query = Mapping::new();
-    for name in ["stories", "last_event_id", "access_token"] {
-        query.insert(Value::from(name), streams.parameter_schema("query", name)?);
-    }
-    let last_event_id = "Last-Event-ID";
-    let refusals = streams.refusals()?;
-    Ok(map! {
-        "action" => "send",
-        "channel" => reference(&["channels", STREAMS_CHANNEL]),
-        "title" => text(streams.operation, "summary")?,
-        "summary" => "Every frame a reader of several stories on one stream receives.",
-        "description" => format!(
+    let spec = StreamOperation {
+        channel: STREAMS_CHANNEL,
+        messages: &STREAMS_MESSAGES,
+        query: &["stories", "last_event_id", "access_token"],
+        required: &["stories"],
+        summary: "Every frame a reader of several stories on one stream receives.",
+        description: format!(
             "{STREAMS_RESUME_DESCRIPTION}\n\nRefusals, before the stream opens (`application/problem+json`); \
-             nothing is opened on any of them:\n{refusals}"
+             nothing is opened on any of them:\n{}",
+            streams.refusals()?
         ),
-        "security" => streams.security()?,
-        "bindings" => map! {
-            "http" => map! {
-                "method" => streams.method.to_uppercase(),
-                "query" => map! { "type" => "object", "required" => vec!["stories"], "properties" => Value::Mapping(query) },
-                "bindingVersion" => HTTP_BINDING_VERSION,
-            },
-        },
-        "x-request-headers" => map! {
-            "type" => "object",
-            "properties" => map! { last_event_id => streams.parameter_schema("header", last_event_id)? },
-        },
-        "messages" => operation_messages(STREAMS_CHANNEL, &STREAMS_MESSAGES),
-    })
+    };
+    spec.operation(streams)
 }
 
 const STREAMS_RESUME_DESCRIPTION: &str = "\
