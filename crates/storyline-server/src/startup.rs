@@ -157,10 +157,16 @@ pub struct Application {
 const ROUTES: &[(&str, &str)] = &[
     ("/v1/stories/{story}/events", "GET, POST"),
     ("/v1/stories/{story}/stream", "GET"),
+    ("/v1/streams", "GET"),
     ("/healthz", "GET, HEAD"),
     ("/readyz", "GET, HEAD"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
+    ("/", "GET"),
+    ("/reader", "GET"),
+    ("/reader/storyline.js", "GET"),
+    ("/reader/reader.js", "GET"),
+    ("/reader/reader.css", "GET"),
 ];
 
 impl std::fmt::Debug for Application {
@@ -232,10 +238,16 @@ impl Application {
                 .service(routes::publish::publish)
                 .service(routes::history::history)
                 .service(routes::stream::stream)
+                .service(routes::streams::streams)
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
                 .service(routes::health::metrics)
                 .service(routes::health::openapi)
+                .service(routes::reader::root)
+                .service(routes::reader::page)
+                .service(routes::reader::client)
+                .service(routes::reader::script)
+                .service(routes::reader::styles)
                 .default_service(web::to(fallback))
         })
         // Remember each connection's fd, for the slow-consumer sweeper (see `slow`). Over TLS the socket under the
@@ -396,8 +408,9 @@ async fn credentials_only_with_a_granted_origin(
     Ok(res)
 }
 
-/// Headers on every response, errors and CORS preflights included. storyline serves data, never pages: nothing it
-/// answers may be sniffed into something executable, framed, or leak the page's URL as a referrer.
+/// Headers on every response, errors and CORS preflights included. storyline serves data, and one page (the reader,
+/// `routes::reader`, whose responses set a policy of their own, which this middleware then leaves alone): nothing
+/// it answers may be sniffed into something executable, framed, or leak the page's URL as a referrer.
 const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
@@ -473,6 +486,9 @@ async fn fallback(req: HttpRequest) -> actix_web::HttpResponse {
     }
 }
 
+/// The routes whose answer is a stream.
+const STREAM_ROUTES: &[&str] = &["/v1/stories/{story}/stream", "/v1/streams"];
+
 /// One log line and one metric sample per request. Logs the path only: query strings can carry tokens.
 async fn access_log(
     req: ServiceRequest,
@@ -491,7 +507,9 @@ async fn access_log(
     let elapsed = started.elapsed();
     crate::telemetry::finish_request_span(&span, status);
     let route = early_route.or_else(|| res.request().match_pattern()).unwrap_or_else(|| "unmatched".to_owned());
-    if route != "/v1/stories/{story}/stream" {
+    // Stream opens are counted by the stream meters (opened, or failed by reason), not as requests: a stream's
+    // "duration" would be its whole life.
+    if !STREAM_ROUTES.contains(&route.as_str()) {
         meters::http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
     } else if let Some(error) = res.response().error().and_then(|e| e.as_error::<ApiError>()) {
         meters::stream_open_failed(error);

@@ -112,6 +112,10 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404(kind: Kind) {
         ("/readyz", "GET, HEAD"),
         ("/metrics", "GET"),
         ("/openapi.json", "GET"),
+        ("/v1/streams", "GET"),
+        ("/", "GET"),
+        ("/reader", "GET"),
+        ("/reader/storyline.js", "GET"),
     ];
     for (path, allow) in routes {
         for method in [Method::PUT, Method::DELETE, Method::PATCH] {
@@ -121,7 +125,15 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404(kind: Kind) {
             assert_problem(response, 405, &case).await;
         }
     }
-    for path in ["/", "/v1/stories/s", "/v1/stories/s/events/x", "/v2/stories/s/events", "/healthz/", "/HEALTHZ"] {
+    for path in [
+        "/v1/stories/s",
+        "/v1/stories/s/events/x",
+        "/v1/streams/x",
+        "/reader/other.js",
+        "/v2/stories/s/events",
+        "/healthz/",
+        "/HEALTHZ",
+    ] {
         for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
             let case = format!("{method} {path}");
             let response = send(method, path).await.unwrap();
