@@ -82,6 +82,7 @@ export function parseRetryAfter(value, now = Date.now()) {
   if (value == null) return null;
   const text = String(value).trim();
   if (/^[0-9]{1,9}$/.test(text)) return Number(text) * 1000;
+  if (!/^[A-Za-z]{3}, /.test(text)) return null; // an HTTP-date (IMF-fixdate) starts with the day's name
   const at = Date.parse(text);
   return Number.isNaN(at) ? null : Math.max(0, at - now);
 }
