@@ -11,7 +11,7 @@ use futures::StreamExt;
 use storyline_core::{Broker, BrokerError, EventId, Gap, StoredEvent, StoryId, TailItem};
 use tokio::{sync::Notify, task::AbortHandle};
 
-use crate::{Delivery, EventFrame, HubConfig, Inner, Observer, ResumeOutcome, frame};
+use crate::{Delivery, EventFrame, HubConfig, Inner, Observer, ResumeOutcome};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -259,10 +259,8 @@ impl Reader {
                 }
                 Entry::Gap(gap) => {
                     self.resumed(feed, ResumeOutcome::Gap);
-                    self.pending.push_back(Delivery::Notice(frame::encode_gap(Gap {
-                        requested: self.cursor,
-                        resumed_from: gap.resumed_from,
-                    })));
+                    self.pending
+                        .push_back(Delivery::Gap(Gap { requested: self.cursor, resumed_from: gap.resumed_from }));
                 }
             }
         }
@@ -281,7 +279,7 @@ impl Reader {
         let page = feed.broker.read_after(&feed.story, self.cursor, feed.config.catch_up_page).await?;
         if let Some(gap) = page.gap {
             self.resumed(feed, ResumeOutcome::Gap);
-            self.pending.push_back(Delivery::Notice(frame::encode_gap(gap)));
+            self.pending.push_back(Delivery::Gap(gap));
         }
         if page.events.is_empty() {
             // Nothing after the cursor in the log. If the window is already past the cursor, what it saw
@@ -295,7 +293,7 @@ impl Reader {
             };
             if let Some((gap, base)) = gap {
                 self.resumed(feed, ResumeOutcome::Gap);
-                self.pending.push_back(Delivery::Notice(frame::encode_gap(gap)));
+                self.pending.push_back(Delivery::Gap(gap));
                 self.cursor = base;
             }
             return Ok(!self.pending.is_empty());

@@ -5,6 +5,8 @@
 //!   local subscriber costs nothing.
 //! - **Encode once.** The upstream turns each event into its complete SSE frame (`id:`, `event:`, `data:`) once,
 //!   as [`Bytes`]; subscribers hand out clones of that buffer (a reference-count increment), never re-serializing.
+//!   A stream that writes an `id:` line of its own (the many-story stream's cursor) shares the rest of the frame
+//!   ([`EventFrame::fields`], a slice of the same buffer).
 //! - **Bounded memory.** A feed keeps a window of the last `window` frames. A subscriber is only a cursor into
 //!   it. One that falls behind the window (a slow socket, a long replay) does not hold frames or block anyone:
 //!   it catches up from gap-aware broker pages after its cursor, then rejoins the window, with no gap and no
@@ -27,8 +29,10 @@ use std::{
 pub use bytes::Bytes;
 pub use feed::Subscription;
 use feed::{Feed, FeedShared};
-pub use frame::{GapData, SseFrame, encode_event, encode_gap, take_frame};
-use storyline_core::{Broker, EventId, EventType, PageLimit, StoredEvent, StoryId};
+pub use frame::{
+    GapData, SseFrame, StoryGapData, encode_event, encode_gap, encode_story_gap, position_after_gap, take_frame,
+};
+use storyline_core::{Broker, EventId, EventType, Gap, PageLimit, StoredEvent, StoryId};
 
 /// An event as the engine hands it to subscribers: its SSE frame, encoded once and shared by every subscriber
 /// of this instance, with what delivery needs to measure itself (its accept time and meters).
@@ -37,6 +41,8 @@ pub struct EventFrame {
     pub id: EventId,
     /// The complete frame (`id:`, `event:`, `data:`).
     pub bytes: Bytes,
+    /// Where the `event:` line starts in `bytes` (after the `id:` line).
+    fields_at: usize,
     /// When ingress accepted it, milliseconds since the Unix epoch (the envelope's `ts`).
     pub accepted_ms: u64,
     /// Looked up once per event, recorded per delivery.
@@ -47,7 +53,14 @@ pub struct EventFrame {
 
 impl EventFrame {
     pub fn new(event: &StoredEvent, meters: EventMeters) -> Self {
-        Self { id: event.id, bytes: encode_event(event), accepted_ms: event.ts, meters, fan_out: None }
+        let (bytes, fields_at) = frame::encode_event_frame(event);
+        Self { id: event.id, bytes, fields_at, accepted_ms: event.ts, meters, fan_out: None }
+    }
+
+    /// The frame without its `id:` line (`event:`, `data:`, the blank line), sharing the encoded buffer (a
+    /// reference-count increment, no copy): for a stream that writes an `id:` line of its own before it.
+    pub fn fields(&self) -> Bytes {
+        self.bytes.slice(self.fields_at..)
     }
 
     /// Traces this frame's fan-out to `subscribers` subscribers in `span`.
@@ -140,16 +153,17 @@ impl EventMeters {
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Event(Arc<EventFrame>),
-    /// A frame that is not an event (a `gap` notice), for this subscriber only.
-    Notice(Bytes),
+    /// Events due to this subscriber were trimmed before it read them: delivery resumes from
+    /// `resumed_from`. For this subscriber only; the stream encodes the notice (see [`encode_gap`]).
+    Gap(Gap),
 }
 
 impl Delivery {
-    /// The bytes to write.
-    pub fn bytes(&self) -> &Bytes {
+    /// The bytes a single-story stream writes: the event's shared frame, or a `gap` frame.
+    pub fn bytes(&self) -> Bytes {
         match self {
-            Self::Event(frame) => &frame.bytes,
-            Self::Notice(bytes) => bytes,
+            Self::Event(frame) => frame.bytes.clone(),
+            Self::Gap(gap) => encode_gap(*gap),
         }
     }
 }

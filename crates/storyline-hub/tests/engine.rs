@@ -87,7 +87,7 @@ async fn append(broker: &dyn Broker, s: &StoryId, n: usize) -> EventId {
 }
 
 async fn next(sub: &mut Subscription) -> Bytes {
-    tokio::time::timeout(WAIT, sub.next()).await.expect("a frame in time").expect("no broker error").bytes().clone()
+    tokio::time::timeout(WAIT, sub.next()).await.expect("a frame in time").expect("no broker error").bytes()
 }
 
 /// What the engine reported.

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// work, so a reconnect storm or one greedy client cannot exhaust file descriptors that publishers and the
     /// broker connection need. `None`: no limit.
     pub max_streams: Option<NonZeroUsize>,
+    /// Stories one `GET /v1/streams` may carry (1 to [`MAX_STORIES_PER_STREAM`]); more: 400 `too-many-stories`.
+    /// Each story costs a stream a cursor into its feed, and every frame's `id:` line names every story.
+    pub max_stories_per_stream: usize,
     /// Publish and stream-open rates, concurrent streams per principal.
     pub limits: LimitsConfig,
     /// Client IP resolution (trusted proxies) and the allow/deny lists.
@@ -87,6 +90,7 @@ impl ServerConfig {
             workers: None,
             slow_consumer_timeout: Duration::from_secs(30),
             max_streams: None,
+            max_stories_per_stream: 32,
             limits: LimitsConfig::default(),
             tls: None,
             metrics_max_namespaces: 32,
@@ -97,6 +101,10 @@ impl ServerConfig {
         }
     }
 }
+
+/// The most stories one stream may be configured to carry: its `id:` cursor is up to 41 bytes per story, on
+/// every frame.
+pub const MAX_STORIES_PER_STREAM: usize = 256;
 
 /// File descriptors kept free for everything but streams: listeners, broker connections, POSTs, logs.
 pub const RESERVED_FILE_DESCRIPTORS: u64 = 256;

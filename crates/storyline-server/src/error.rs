@@ -37,6 +37,14 @@ pub enum ApiError {
     /// A path parameter that does not decode (e.g. percent-encoded bytes that are not UTF-8).
     #[error("{0}")]
     BadPath(String),
+    /// `GET /v1/streams` named more stories than one stream may carry.
+    #[error("a stream may carry at most {limit} stories; {count} were named")]
+    TooManyStories { count: usize, limit: usize },
+    /// A many-story stream's resume cursor does not have one position per story.
+    #[error(
+        "the resume cursor has {positions} positions for {stories} stories: it needs one per story, in the order of `stories`"
+    )]
+    CursorMismatch { positions: usize, stories: usize },
     #[error("{0}")]
     BadIdempotencyKey(#[from] IdempotencyKeyError),
     #[error("request body is not valid JSON: {0}")]
@@ -115,6 +123,8 @@ impl ApiError {
             Self::BadEventId { .. } => "bad-event-id",
             Self::BadQuery(_) => "bad-query",
             Self::BadPath(_) => "bad-path",
+            Self::TooManyStories { .. } => "too-many-stories",
+            Self::CursorMismatch { .. } => "bad-cursor",
             Self::BadIdempotencyKey(_) => "bad-idempotency-key",
             Self::MalformedJson(_) => "malformed-json",
             Self::IncompleteBody(_) => "incomplete-body",
@@ -142,6 +152,8 @@ impl ApiError {
             Self::BadEventId { .. } => "Invalid event id",
             Self::BadQuery(_) => "Invalid query parameter",
             Self::BadPath(_) => "Invalid path parameter",
+            Self::TooManyStories { .. } => "Too many stories",
+            Self::CursorMismatch { .. } => "Invalid resume cursor",
             Self::BadIdempotencyKey(_) => "Invalid Idempotency-Key",
             Self::MalformedJson(_) => "Malformed JSON",
             Self::IncompleteBody(_) => "Incomplete request body",
@@ -193,6 +205,8 @@ impl ResponseError for ApiError {
             | Self::BadEventId { .. }
             | Self::BadQuery(_)
             | Self::BadPath(_)
+            | Self::TooManyStories { .. }
+            | Self::CursorMismatch { .. }
             | Self::BadIdempotencyKey(_)
             | Self::MalformedJson(_)
             | Self::IncompleteBody(_) => StatusCode::BAD_REQUEST,
@@ -267,5 +281,8 @@ mod tests {
         let e = ApiError::BodyTooLarge { limit: 65536 };
         assert_eq!(e.problem().status, 413);
         assert!(e.problem().detail.contains("65536"));
+        let too_many = ApiError::TooManyStories { count: 40, limit: 32 }.problem();
+        assert_eq!((too_many.status, too_many.problem_type.as_str()), (400, "urn:storyline:problem:too-many-stories"));
+        assert!(too_many.detail.contains("at most 32"), "{}", too_many.detail);
     }
 }

@@ -21,6 +21,16 @@ pub fn resume_point(req: &HttpRequest, query: Option<&str>) -> Result<Option<Eve
     crate::routes::stream::resume_point(req, query)
 }
 
+/// The `stories` parameter of `GET /v1/streams`: 1 to `limit` distinct story ids, comma-separated.
+pub fn stream_stories(raw: &str, limit: usize) -> Result<Vec<StoryId>, ApiError> {
+    crate::routes::streams::parse_stories(raw, limit)
+}
+
+/// The resume cursor of `GET /v1/streams` (`Last-Event-ID`, else `last_event_id`): one position per story.
+pub fn resume_cursor(req: &HttpRequest, query: Option<&str>, stories: usize) -> Result<Option<Vec<EventId>>, ApiError> {
+    crate::routes::streams::resume_cursor(req, query, stories)
+}
+
 /// The token a request carries (`Authorization: Bearer`, `?access_token=`, cookie), `None` if none.
 pub fn token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     crate::auth::token_from(req)

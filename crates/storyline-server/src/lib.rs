@@ -30,7 +30,9 @@ pub mod startup;
 pub mod telemetry;
 pub mod tls;
 
-pub use config::{RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit};
+pub use config::{
+    MAX_STORIES_PER_STREAM, RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit,
+};
 pub use error::{ApiError, Problem};
 pub use meters::trace_spans_dropped;
 pub use startup::{Application, Shutdown};

@@ -426,9 +426,13 @@ pub(crate) fn stream_open_failed(error: &crate::error::ApiError) {
     use crate::error::ApiError as E;
     let reason = match error {
         E::Unauthenticated(..) | E::Forbidden(_) | E::IpDenied => "auth",
-        E::BadStoryId(_) | E::BadEventId { .. } | E::BadQuery(_) | E::BadPath(_) | E::HeadersTooLarge { .. } => {
-            "bad_request"
-        }
+        E::BadStoryId(_)
+        | E::BadEventId { .. }
+        | E::BadQuery(_)
+        | E::BadPath(_)
+        | E::TooManyStories { .. }
+        | E::CursorMismatch { .. }
+        | E::HeadersTooLarge { .. } => "bad_request",
         E::RateLimited { .. } | E::AtCapacity { .. } => "limit",
         E::Draining { .. } => "shutdown",
         E::Unavailable { .. } => "broker",

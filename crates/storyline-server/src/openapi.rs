@@ -73,7 +73,7 @@ pub struct HistoryPage {
 
 // The bodies of the stream's control frames are defined beside the code that writes them, so that the schema and
 // the wire cannot differ: the `gap` notice in the fan-out engine, `token-expired` in the stream route.
-pub use storyline_hub::GapData;
+pub use storyline_hub::{GapData, StoryGapData};
 
 pub use crate::routes::stream::TokenExpiredData;
 
@@ -97,41 +97,49 @@ impl StreamEvent {
             .content_schema(Some(Ref::from_schema_name(payload)))
     }
 
-    fn id() -> ObjectBuilder {
-        ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]+-[0-9]+$"))
+    fn id(pattern: &str) -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern))
     }
 
     fn retry() -> ObjectBuilder {
         ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))
     }
 
-    fn control(event: &str, payload: &str, description: &str) -> ObjectBuilder {
-        ObjectBuilder::new()
+    fn control(event: &str, payload: &str, description: &str, id: Option<&str>) -> ObjectBuilder {
+        let frame = ObjectBuilder::new()
             .schema_type(Type::Object)
             .title(Some(event))
             .description(Some(description))
             .property("event", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([event])))
             .property("data", Self::data(payload))
-            .property("id", Self::id())
+            .property("id", Self::id(id.unwrap_or(EVENT_ID_PATTERN)))
             .property("retry", Self::retry())
             .required("event")
-            .required("data")
+            .required("data");
+        match id {
+            Some(_) => frame.required("id"),
+            None => frame,
+        }
     }
-}
 
-impl PartialSchema for StreamEvent {
-    fn schema() -> RefOr<Schema> {
+    /// The schema of one event of a stream whose frames' `id` matches `id_pattern` and whose `gap` carries
+    /// `gap_payload`; `gap_id` is the gap's `id` pattern when it has one.
+    fn schema_with(
+        id_pattern: &str,
+        story_event: &str,
+        gap_payload: &str,
+        gap: &str,
+        gap_id: Option<&str>,
+    ) -> RefOr<Schema> {
         // anyOf, not oneOf: `contentSchema` is only an annotation to a plain JSON Schema validator, for which a
         // `gap` frame would also match the story-event branch.
         let story_event = ObjectBuilder::new()
             .schema_type(Type::Object)
             .title(Some("story event"))
-            .description(Some(
-                "An event of the story. `event` is its type (never `gap` or `token-expired`), `id` its id.",
-            ))
+            .description(Some(story_event))
             .property("event", ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[a-z][a-z0-9_.-]{0,63}$")))
             .property("data", Self::data(EnvelopeBody::name().as_ref()))
-            .property("id", Self::id())
+            .property("id", Self::id(id_pattern))
             .property("retry", Self::retry())
             .required("id")
             .required("event")
@@ -141,24 +149,65 @@ impl PartialSchema for StreamEvent {
                 "One event of the stream, as an SSE parser delivers it: `event` names it, `data` is one line of JSON.",
             ))
             .item(story_event)
-            .item(Self::control(
-                storyline_core::GAP_EVENT,
-                GapData::name().as_ref(),
-                "Events due to this reader were trimmed by retention (or the resume id is unknown): delivery \
-                 resumes from `resumed_from`.",
-            ))
+            .item(Self::control(storyline_core::GAP_EVENT, gap_payload, gap, gap_id))
             .item(Self::control(
                 storyline_core::TOKEN_EXPIRED_EVENT,
                 TokenExpiredData::name().as_ref(),
                 "The token expired; the server closes the stream. Reconnect with a new token and `Last-Event-ID`.",
+                None,
             ))
             .into()
+    }
+}
+
+/// An event id, `<ms>-<seq>`.
+const EVENT_ID_PATTERN: &str = "^[0-9]+-[0-9]+$";
+
+/// A many-story stream's cursor: one position per story (`<ms>-<seq>` or `0`), joined by `,`.
+pub const CURSOR_PATTERN: &str = "^(0|[0-9]+-[0-9]+)(,(0|[0-9]+-[0-9]+))*$";
+
+impl PartialSchema for StreamEvent {
+    fn schema() -> RefOr<Schema> {
+        Self::schema_with(
+            EVENT_ID_PATTERN,
+            "An event of the story. `event` is its type (never `gap` or `token-expired`), `id` its id.",
+            GapData::name().as_ref(),
+            "Events due to this reader were trimmed by retention (or the resume id is unknown): delivery resumes \
+             from `resumed_from`.",
+            None,
+        )
     }
 }
 
 impl ToSchema for StreamEvent {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("StreamEvent")
+    }
+}
+
+/// One event of `GET /v1/streams`, as an SSE parser hands it over: as [`StreamEvent`], but every `id` is the
+/// stream's cursor (one position per story) and a `gap` names its story and carries the cursor past the hole.
+/// The id-only frame that follows `retry:` dispatches no event, so it is not one of these.
+#[derive(Debug)]
+pub struct StreamsEvent;
+
+impl PartialSchema for StreamsEvent {
+    fn schema() -> RefOr<Schema> {
+        StreamEvent::schema_with(
+            CURSOR_PATTERN,
+            "An event of one of the stories (its envelope names it). `event` is its type (never `gap` or \
+             `token-expired`), `id` the cursor with this event's story at this event.",
+            StoryGapData::name().as_ref(),
+            "Events of `story` due to this reader were trimmed by retention (or its resume position is unknown): \
+             its delivery resumes from `resumed_from`; `id` is the cursor with the story just before it.",
+            Some(CURSOR_PATTERN),
+        )
+    }
+}
+
+impl ToSchema for StreamsEvent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("StreamsEvent")
     }
 }
 
@@ -194,6 +243,7 @@ impl Modify for SecuritySchemes {
         routes::publish::publish,
         routes::history::history,
         routes::stream::stream,
+        routes::streams::streams,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::metrics,
@@ -202,7 +252,9 @@ impl Modify for SecuritySchemes {
     components(schemas(
         Problem,
         StreamEvent,
+        StreamsEvent,
         GapData,
+        StoryGapData,
         TokenExpiredData,
         EnvelopeBody,
         ReceiptBody,

@@ -157,6 +157,7 @@ pub struct Application {
 const ROUTES: &[(&str, &str)] = &[
     ("/v1/stories/{story}/events", "GET, POST"),
     ("/v1/stories/{story}/stream", "GET"),
+    ("/v1/streams", "GET"),
     ("/healthz", "GET, HEAD"),
     ("/readyz", "GET, HEAD"),
     ("/metrics", "GET"),
@@ -232,6 +233,7 @@ impl Application {
                 .service(routes::publish::publish)
                 .service(routes::history::history)
                 .service(routes::stream::stream)
+                .service(routes::streams::streams)
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
                 .service(routes::health::metrics)
@@ -473,6 +475,9 @@ async fn fallback(req: HttpRequest) -> actix_web::HttpResponse {
     }
 }
 
+/// The routes whose answer is a stream.
+const STREAM_ROUTES: &[&str] = &["/v1/stories/{story}/stream", "/v1/streams"];
+
 /// One log line and one metric sample per request. Logs the path only: query strings can carry tokens.
 async fn access_log(
     req: ServiceRequest,
@@ -491,7 +496,9 @@ async fn access_log(
     let elapsed = started.elapsed();
     crate::telemetry::finish_request_span(&span, status);
     let route = early_route.or_else(|| res.request().match_pattern()).unwrap_or_else(|| "unmatched".to_owned());
-    if route != "/v1/stories/{story}/stream" {
+    // Stream opens are counted by the stream meters (opened, or failed by reason), not as requests: a stream's
+    // "duration" would be its whole life.
+    if !STREAM_ROUTES.contains(&route.as_str()) {
         meters::http_request(&route, method.as_str(), status, elapsed.as_secs_f64());
     } else if let Some(error) = res.response().error().and_then(|e| e.as_error::<ApiError>()) {
         meters::stream_open_failed(error);

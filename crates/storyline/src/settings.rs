@@ -83,6 +83,8 @@ pub(crate) struct Settings {
     /// Open streams this instance accepts (503 + Retry-After past it); 0 = as many as the open-files limit
     /// leaves room for.
     pub(crate) max_streams: usize,
+    /// Stories one `GET /v1/streams` may carry (1 to 256); more: 400 `too-many-stories`.
+    pub(crate) max_stories_per_stream: usize,
     /// Largest request head (header names and values), bytes; larger: 431.
     pub(crate) max_header_bytes: usize,
     /// Time a client gets to send its request head, milliseconds; past it: 408 and close (slowloris).
@@ -158,6 +160,7 @@ impl Default for Settings {
             workers: 0,
             slow_consumer_secs: 30,
             max_streams: 0,
+            max_stories_per_stream: 32,
             max_header_bytes: 16 * 1024,
             client_request_timeout_ms: 5_000,
             publish_rate_guest: defaults.publish_per_sub.guest,
@@ -232,6 +235,7 @@ const NUMERIC: &[&str] = &[
     "workers",
     "slow_consumer_secs",
     "max_streams",
+    "max_stories_per_stream",
     "jwt_leeway_secs",
     "jwks_refresh_secs",
     "publish_rate_guest",
@@ -378,6 +382,9 @@ impl Settings {
         }
         self.network()?;
         self.tls()?;
+        if !(1..=storyline_server::MAX_STORIES_PER_STREAM).contains(&self.max_stories_per_stream) {
+            bail!("max_stories_per_stream must be between 1 and {}", storyline_server::MAX_STORIES_PER_STREAM);
+        }
         if self.max_header_bytes < 1024 {
             bail!("max_header_bytes must be at least 1024");
         }
@@ -496,6 +503,7 @@ impl Settings {
             slow_consumer_timeout: Duration::from_secs(self.slow_consumer_secs),
             max_streams: NonZeroUsize::new(self.max_streams)
                 .or_else(storyline_server::streams_allowed_by_open_files_limit),
+            max_stories_per_stream: self.max_stories_per_stream,
             max_header_bytes: self.max_header_bytes,
             client_request_timeout: Duration::from_millis(self.client_request_timeout_ms),
             token_rules: self.token_rules(),
@@ -609,6 +617,7 @@ mod tests {
             ("STORYLINE_WORKERS", "3"),
             ("STORYLINE_SLOW_CONSUMER_SECS", "21"),
             ("STORYLINE_MAX_STREAMS", "99"),
+            ("STORYLINE_MAX_STORIES_PER_STREAM", "20"),
             ("STORYLINE_MAX_HEADER_BYTES", "2048"),
             ("STORYLINE_CLIENT_REQUEST_TIMEOUT_MS", "2500"),
             ("STORYLINE_JWT_ISSUER", "iss"),
@@ -644,6 +653,7 @@ mod tests {
         assert_eq!(c.workers, Some(3));
         assert_eq!(c.slow_consumer_timeout, Duration::from_secs(21));
         assert_eq!(c.max_streams.map(NonZeroUsize::get), Some(99));
+        assert_eq!(c.max_stories_per_stream, 20);
         assert_eq!(c.max_header_bytes, 2048);
         assert_eq!(c.client_request_timeout, Duration::from_millis(2500));
         assert_eq!(c.token_rules.issuer.as_deref(), Some("iss"));
@@ -749,6 +759,8 @@ mod tests {
             (&[("STORYLINE_RETENTION_NAMESPACES", "a:b=5")], "not a namespace"),
             (&[("STORYLINE_RETENTION_NAMESPACES", "chat=5,chat=6")], "twice"),
             (&[("STORYLINE_WORKERS", "513")], "workers must be at most 512"),
+            (&[("STORYLINE_MAX_STORIES_PER_STREAM", "0")], "max_stories_per_stream"),
+            (&[("STORYLINE_MAX_STORIES_PER_STREAM", "257")], "max_stories_per_stream"),
         ];
         for (vars, needle) in cases {
             let err = Settings::load(None, env(vars)).err().map(|e| format!("{e:#}")).unwrap_or_default();

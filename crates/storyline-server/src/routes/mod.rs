@@ -4,6 +4,7 @@ pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
 pub(crate) mod stream;
+pub(crate) mod streams;
 
 use std::{future::Future, time::Duration};
 

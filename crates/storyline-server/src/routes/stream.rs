@@ -30,7 +30,7 @@ use std::{
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::{Deserialize, Serialize};
 use storyline_core::{EventId, Gap, LogBounds, StoryId, TOKEN_EXPIRED_EVENT};
-use storyline_hub::{Bytes, Delivery, GapData, Subscription, encode_gap};
+use storyline_hub::{Bytes, Delivery, Subscription, encode_gap};
 use tokio::{sync::watch, time::Sleep};
 
 use crate::{
@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// Backoff bounds while the broker is unreachable.
-const RETRY_MIN: Duration = Duration::from_millis(100);
+pub(crate) const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
@@ -82,49 +82,17 @@ pub(crate) async fn stream(
     let story = super::story_from_path(&path)?;
     principal.require_read(&story)?;
     let resume = resume_point(&req, query.last_event_id.as_deref())?;
-    if state.shutdown.is_draining() {
-        return Err(ApiError::Draining { retry_after_secs: state.config.retry_after_secs });
-    }
-    let ip = crate::network::client_ip(&req);
-    state.limits.check_stream_open(ip)?;
-    state.limits.admit_stream()?;
-    let slot = StreamSlot::acquire(&state, &principal, ip)?;
-    let config = &state.config;
-    // Resolve where to start before answering, so "only events appended after the stream opened" means after
-    // the client saw the response. If the broker is unreachable, answer 200 anyway and let the pump resolve it
-    // once the broker is back: a browser's EventSource gives up for good on any non-200 answer, so a 503 here
-    // would turn a short broker outage into readers that never come back.
-    let start = match super::with_broker(
-        config.broker_timeout,
-        config.retry_after_secs,
-        super::Effect::Read,
-        state.broker.bounds(&story),
-    )
-    .await
-    {
-        Ok(bounds) => Start::Resolved(start_point(resume, bounds)),
-        Err(ApiError::Unavailable { cause, .. }) => {
-            tracing::warn!(story = %story, error = %cause, "broker unavailable at stream open; will resolve later");
-            Start::Pending(resume)
-        }
-        Err(e) => return Err(e),
-    };
-
-    let mut preface = VecDeque::with_capacity(2);
-    preface.push_back(encode_retry(jittered(config.retry_base)));
-    let phase = match start {
+    let slot = admit(&req, &state, &principal)?;
+    let mut preface = preface(&state.config);
+    let phase = match open_start(&state, &story, resume).await? {
         Start::Resolved(point) => {
             if let Some(gap) = point.gap {
-                preface.push_back(encode_gap(Gap { requested: gap.requested, resumed_from: gap.resumed_from }));
+                preface.push_back(encode_gap(gap));
             }
             Phase::Live(subscribe(&state, &story, resume, point))
         }
         Start::Pending(resume) => Phase::Resolving(resume),
     };
-    let slow_after = config.slow_consumer_timeout.max(config.heartbeat * 2);
-    let watch = req.conn_data::<ConnFd>().map(|fd| Watch::register(fd.0, slow_after));
-    let expires_at = principal.expires_at;
-    let expiry = expiry_timer(expires_at, config.heartbeat);
     tracing::info!(
         target: STREAM_LOG,
         story = %story,
@@ -133,39 +101,103 @@ pub(crate) async fn stream(
         resume = ?resume.map(|id| id.to_string()),
         "stream opened"
     );
+    Ok(respond(&req, &principal, slot, preface, Single { phase, story, backoff: RETRY_MIN }))
+}
+
+/// Where the client wants to resume: the `Last-Event-ID` header, else the `last_event_id` query parameter. An
+/// empty value means "no resume id" (what a client that has seen nothing yet may send).
+pub(crate) fn resume_point(req: &HttpRequest, query: Option<&str>) -> Result<Option<EventId>, ApiError> {
+    resume_value(req, query).map(super::event_id).transpose()
+}
+
+/// The raw resume value: the `Last-Event-ID` header (a value that is not ASCII reads as a NUL, which no parser
+/// accepts), else the `last_event_id` query parameter; empty counts as none.
+pub(crate) fn resume_value<'a>(req: &'a HttpRequest, query: Option<&'a str>) -> Option<&'a str> {
+    let header = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}")).filter(|v| !v.is_empty());
+    header.or_else(|| query.filter(|v| !v.is_empty()))
+}
+
+/// The checks every stream open passes after its request is known to be valid and authorized, in this order:
+/// not draining (503), the client address' open rate (429), the instance's admission rate and capacity (503)
+/// and the principal's open streams (429). The place it returns is the stream's, whatever stories it carries.
+pub(crate) fn admit(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    principal: &Principal,
+) -> Result<StreamSlot, ApiError> {
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining { retry_after_secs: state.config.retry_after_secs });
+    }
+    let ip = crate::network::client_ip(req);
+    state.limits.check_stream_open(ip)?;
+    state.limits.admit_stream()?;
+    StreamSlot::acquire(state, principal, ip)
+}
+
+/// Where a story's stream starts. Resolved before answering, so that "only events appended after the stream
+/// opened" means after the client saw the response. If the broker is unreachable, the answer is 200 anyway and
+/// the stream resolves its start once the broker is back: a browser's EventSource gives up for good on any
+/// non-200 answer, so a 503 here would turn a short broker outage into readers that never come back.
+pub(crate) async fn open_start(state: &AppState, story: &StoryId, resume: Option<EventId>) -> Result<Start, ApiError> {
+    let config = &state.config;
+    let bounds = super::with_broker(
+        config.broker_timeout,
+        config.retry_after_secs,
+        super::Effect::Read,
+        state.broker.bounds(story),
+    )
+    .await;
+    match bounds {
+        Ok(bounds) => Ok(Start::Resolved(start_point(resume, bounds))),
+        Err(ApiError::Unavailable { cause, .. }) => {
+            tracing::warn!(story = %story, error = %cause, "broker unavailable at stream open; will resolve later");
+            Ok(Start::Pending(resume))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The bytes a stream sends first, for this connection only: `retry: <ms>`, jittered per connection.
+pub(crate) fn preface(config: &crate::config::ServerConfig) -> VecDeque<Bytes> {
+    let mut preface = VecDeque::with_capacity(2);
+    preface.push_back(encode_retry(jittered(config.retry_base)));
+    preface
+}
+
+/// The `200 text/event-stream` answer around a stream's frames, and the open stream's bookkeeping: its
+/// slow-consumer watch, token expiry, drain moment and open-stream meter.
+pub(crate) fn respond<S: Source + 'static>(
+    req: &HttpRequest,
+    principal: &Principal,
+    slot: StreamSlot,
+    preface: VecDeque<Bytes>,
+    source: S,
+) -> HttpResponse {
+    let config = &slot.state().config;
+    let slow_after = config.slow_consumer_timeout.max(config.heartbeat * 2);
+    let watch = req.conn_data::<ConnFd>().map(|fd| Watch::register(fd.0, slow_after));
+    let expires_at = principal.expires_at;
     let body = Body {
         watch,
         preface,
         expires_at,
-        expiry,
+        expiry: expiry_timer(expires_at, config.heartbeat),
         closing: false,
         drain_at: startup::drain_moment(),
-        phase,
-        signals: state.signals.clone(),
-        story,
-        backoff: RETRY_MIN,
+        signals: slot.state().signals.clone(),
+        source,
         open: meters::OpenStream::open(principal.tier),
         slot,
     };
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .insert_header(header::ContentEncoding::Identity)
-        .streaming(futures::stream::unfold(body, Body::step)))
+        .streaming(futures::stream::unfold(body, Body::step))
 }
 
 /// `base` plus up to 50%, so that clients dropped together do not come back together.
-/// Where the client wants to resume: the `Last-Event-ID` header, else the `last_event_id` query parameter. An
-/// empty value means "no resume id" (what a client that has seen nothing yet may send).
-pub(crate) fn resume_point(req: &HttpRequest, query: Option<&str>) -> Result<Option<EventId>, ApiError> {
-    let header = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}")).filter(|v| !v.is_empty());
-    match header {
-        Some(v) => super::event_id(v).map(Some),
-        None => query.filter(|v| !v.is_empty()).map(super::event_id).transpose(),
-    }
-}
-
 fn jittered(base: Duration) -> Duration {
     let base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(base_ms.saturating_add(fastrand::u64(0..=base_ms / 2)))
@@ -174,13 +206,13 @@ fn jittered(base: Duration) -> Duration {
 /// Where a stream starts: after this id, with a gap notice first when the resume id is one this story never
 /// issued. (Gaps from retention are reported by the broker tail itself, atomically with its reads.)
 #[derive(Debug, Clone, Copy)]
-struct StartPoint {
-    after: EventId,
-    gap: Option<GapData>,
+pub(crate) struct StartPoint {
+    pub(crate) after: EventId,
+    pub(crate) gap: Option<Gap>,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Start {
+pub(crate) enum Start {
     Resolved(StartPoint),
     /// The broker could not be asked yet; resolve for this resume id once it answers.
     Pending(Option<EventId>),
@@ -194,7 +226,7 @@ fn start_point(resume: Option<EventId>, bounds: LogBounds) -> StartPoint {
         // clock to pass it would be a silent hole; say so and replay what is retained.
         Some(id) if id > newest => StartPoint {
             after: EventId::ZERO,
-            gap: Some(GapData { requested: id, resumed_from: bounds.oldest.unwrap_or(EventId::ZERO) }),
+            gap: Some(Gap { requested: id, resumed_from: bounds.oldest.unwrap_or(EventId::ZERO) }),
         },
         Some(id) => StartPoint { after: id, gap: None },
     }
@@ -203,7 +235,7 @@ fn start_point(resume: Option<EventId>, bounds: LogBounds) -> StartPoint {
 /// The subscription a stream reads from `point`. A reader that sent a resume id is a resume: the engine reports
 /// whether it was exact, unless the id was one this story never issued, which is a gap from the start. (`0`,
 /// "from the oldest retained event", is a replay, not a resume.)
-fn subscribe(state: &AppState, story: &StoryId, resume: Option<EventId>, point: StartPoint) -> Subscription {
+pub(crate) fn subscribe(state: &AppState, story: &StoryId, resume: Option<EventId>, point: StartPoint) -> Subscription {
     match (resume.filter(|id| *id != EventId::ZERO), point.gap) {
         (Some(_), None) => state.hub.resume(story, point.after),
         (Some(_), Some(_)) => {
@@ -223,13 +255,58 @@ pub(crate) fn encode_retry(delay: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", delay.as_millis()))
 }
 
-/// One stream's response body. Per connection it holds a cursor into its story's feed and a handle on the
-/// shared stream signal (heartbeat tick and drain): no task, no timer and no frame buffer of its own.
-struct Body {
+/// What a stream reads its story frames from: one story ([`Single`]) or several merged (`routes::streams`).
+/// Everything else about a stream (heartbeats, drain, token expiry, slow consumers, its place among the
+/// instance's streams) is the [`Body`]'s, the same for both.
+pub(crate) trait Source {
+    /// Waits for the next frames and appends them, whole, to `out` (or nothing, to be asked again). Must be
+    /// cancel-safe: the body selects it against heartbeats, the drain and the token's expiry.
+    async fn next(&mut self, state: &AppState, out: &mut VecDeque<Bytes>);
+
+    /// The stories and the position reached, for the stream's close log line.
+    fn describe(&self) -> (String, Option<String>);
+}
+
+/// One story's frames: its subscription (or, while the broker was unreachable at open, the resume point to
+/// resolve), written as the engine encoded them.
+pub(crate) struct Single {
+    phase: Phase,
+    story: StoryId,
+    /// Current wait between broker retries while the broker is failing.
+    backoff: Duration,
+}
+
+impl Source for Single {
+    async fn next(&mut self, state: &AppState, out: &mut VecDeque<Bytes>) {
+        match advance(&mut self.phase, state, &self.story, &mut self.backoff).await {
+            Advance::Delivered(Delivery::Event(frame)) => {
+                meters::delivered(&frame);
+                out.push_back(frame.bytes.clone());
+            }
+            Advance::Delivered(Delivery::Gap(gap)) | Advance::Started { gap: Some(gap), .. } => {
+                out.push_back(encode_gap(gap));
+            }
+            Advance::Started { gap: None, .. } | Advance::Again => {}
+        }
+    }
+
+    fn describe(&self) -> (String, Option<String>) {
+        let last_event_id = match &self.phase {
+            Phase::Live(subscription) => Some(subscription.cursor().to_string()),
+            Phase::Resolving(_) => None,
+        };
+        (self.story.to_string(), last_event_id)
+    }
+}
+
+/// One stream's response body. Per connection it holds its source of story frames (cursors into the stories'
+/// feeds) and a handle on the shared stream signal (heartbeat tick and drain): no task, no timer and no frame
+/// buffer of its own.
+pub(crate) struct Body<S: Source> {
     /// Registration with the slow-consumer sweeper (absent if the connection's fd is unknown).
     watch: Option<Watch>,
-    /// Bytes for this connection only, sent before anything else (`retry:`, a start-up gap notice, the final
-    /// `token-expired` frame).
+    /// Bytes to send before anything else: for this connection only (`retry:`, a start-up gap notice, the final
+    /// `token-expired` frame), and the frames the source produced, in order.
     preface: VecDeque<Bytes>,
     /// The token's `exp` (seconds since the Unix epoch): the stream ends there, after a `token-expired` frame.
     expires_at: u64,
@@ -240,11 +317,8 @@ struct Body {
     closing: bool,
     /// This stream's moment in the drain window, in thousandths of it (see [`startup::drain_moment`]).
     drain_at: u16,
-    phase: Phase,
     signals: watch::Receiver<StreamSignal>,
-    story: StoryId,
-    /// Current wait between broker retries while the broker is failing.
-    backoff: Duration,
+    source: S,
     /// Counts the stream as open, and as closed (by reason) when the body is dropped.
     open: meters::OpenStream,
     /// The stream's place among `max_streams`, and through it the app state.
@@ -254,7 +328,7 @@ struct Body {
 /// One of the instance's `max_streams` places and one of its principal's `streams_per_principal`, held by an
 /// open stream (or a stream being opened) and given back when it is dropped. It holds the app state the stream
 /// uses, so a stream keeps one handle on it.
-struct StreamSlot {
+pub(crate) struct StreamSlot {
     state: web::Data<AppState>,
     /// The principal's key in the per-principal count; `None` when that is unlimited.
     principal: Option<Arc<str>>,
@@ -280,7 +354,7 @@ impl StreamSlot {
         }
     }
 
-    fn state(&self) -> &AppState {
+    pub(crate) fn state(&self) -> &AppState {
         &self.state
     }
 }
@@ -294,24 +368,22 @@ impl Drop for StreamSlot {
     }
 }
 
-impl Drop for Body {
+impl<S: Source> Drop for Body<S> {
     fn drop(&mut self) {
         if self.watch.as_ref().is_some_and(Watch::was_cut) {
             self.open.reason = meters::CloseReason::SlowConsumer;
         }
         let (reason, open_secs) = (self.open.reason.as_str(), self.open.seconds_open());
-        let last_event_id = match &self.phase {
-            Phase::Live(subscription) => Some(subscription.cursor()),
-            Phase::Resolving(_) => None,
-        };
-        tracing::info!(target: STREAM_LOG, story = %self.story, reason, open_secs, last_event_id = ?last_event_id.map(|id| id.to_string()), "stream closed");
+        let (story, last_event_id) = self.source.describe();
+        tracing::info!(target: STREAM_LOG, story = %story, reason, open_secs, last_event_id = ?last_event_id, "stream closed");
     }
 }
 
 /// The target of the stream open/close log lines.
-const STREAM_LOG: &str = "storyline::stream";
+pub(crate) const STREAM_LOG: &str = "storyline::stream";
 
-enum Phase {
+/// A story's place in a stream.
+pub(crate) enum Phase {
     /// The broker was unreachable at open: find the start point first.
     Resolving(Option<EventId>),
     Live(Subscription),
@@ -326,7 +398,7 @@ enum Step {
     Again,
 }
 
-impl Body {
+impl<S: Source> Body<S> {
     /// The next chunk of the body, or `None` once its moment in the server's drain has come (after a last
     /// `retry:` frame). Frames come whole, so the stream always ends at a frame boundary.
     async fn step(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
@@ -360,7 +432,7 @@ impl Body {
                 () = async { if let Some(expiry) = self.expiry.as_mut() { expiry.await } }, if self.expiry.is_some() => {
                     Step::Expired
                 }
-                step = advance(&mut self.phase, self.slot.state(), &self.story, &mut self.backoff) => step,
+                () = self.source.next(self.slot.state(), &mut self.preface) => Step::Again,
             };
             match step {
                 Step::Emit(bytes) => return Some((Ok(bytes), self)),
@@ -406,35 +478,37 @@ pub(crate) fn encode_token_expired(expires_at: u64) -> Bytes {
     Bytes::from(format!("event: {TOKEN_EXPIRED_EVENT}\ndata: {data}\n\n"))
 }
 
-/// One step of a live or resolving stream. A broker failure keeps the stream open: it waits `backoff` (doubling
-/// up to [`RETRY_MAX`]) and reports [`Step::Again`]; heartbeats and draining stay live meanwhile because the
-/// caller selects this against them (every await here is cancel-safe).
-async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: &mut Duration) -> Step {
+/// What one step of a story's phase produced.
+pub(crate) enum Advance {
+    /// A frame of the story (an event, or a gap notice).
+    Delivered(Delivery),
+    /// The broker answered at last and the story's start is resolved: from `from` (the resume point, or the
+    /// story's newest id at that moment), with a gap notice first when that resume id is one the story never
+    /// issued.
+    Started { from: EventId, gap: Option<Gap> },
+    /// Nothing yet (the broker failed and the backoff passed): ask again.
+    Again,
+}
+
+/// One step of a story in a live or resolving stream. A broker failure keeps the stream open: it waits `backoff`
+/// (doubling up to [`RETRY_MAX`]) and reports [`Advance::Again`]; heartbeats and draining stay live meanwhile
+/// because the caller selects this against them (every await here is cancel-safe).
+pub(crate) async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: &mut Duration) -> Advance {
     let failure = match phase {
         Phase::Live(subscription) => match subscription.next().await {
             Ok(delivery) => {
                 *backoff = RETRY_MIN;
-                return Step::Emit(match delivery {
-                    Delivery::Event(frame) => {
-                        meters::delivered(&frame);
-                        frame.bytes.clone()
-                    }
-                    Delivery::Notice(bytes) => bytes,
-                });
+                return Advance::Delivered(delivery);
             }
             Err(e) => e,
         },
         Phase::Resolving(resume) => match state.broker.bounds(story).await {
             Ok(bounds) => {
                 *backoff = RETRY_MIN;
-                let point = start_point(*resume, bounds);
-                *phase = Phase::Live(subscribe(state, story, *resume, point));
-                return match point.gap {
-                    Some(gap) => {
-                        Step::Emit(encode_gap(Gap { requested: gap.requested, resumed_from: gap.resumed_from }))
-                    }
-                    None => Step::Again,
-                };
+                let resume = *resume;
+                let point = start_point(resume, bounds);
+                *phase = Phase::Live(subscribe(state, story, resume, point));
+                return Advance::Started { from: resume.unwrap_or(point.after), gap: point.gap };
             }
             Err(e) => e,
         },
@@ -442,7 +516,7 @@ async fn advance(phase: &mut Phase, state: &AppState, story: &StoryId, backoff: 
     tracing::debug!(story = %story, error = %failure, "broker unavailable for a stream; retrying");
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(RETRY_MAX);
-    Step::Again
+    Advance::Again
 }
 
 #[cfg(test)]
@@ -453,9 +527,9 @@ mod tests {
     /// pending `step` future (the select over the stream signal and the subscription's next frame).
     fn boxed_stream_size<F, Fut>(_step: F) -> usize
     where
-        F: FnMut(Body) -> Fut,
+        F: FnMut(Body<Single>) -> Fut,
     {
-        std::mem::size_of::<futures::stream::Unfold<Body, F, Fut>>()
+        std::mem::size_of::<futures::stream::Unfold<Body<Single>, F, Fut>>()
     }
 
     /// Memory per open stream is a budget. This is storyline's own state per stream (the boxed body stream with
@@ -473,9 +547,9 @@ mod tests {
         // know it is a resume until it meets the story (a flag, 8 bytes with padding), and a delivery is now an
         // event frame with its meters or a notice (8 more in the pending step): 848 (300 KB at 19,000 streams).
         const BUDGET_BYTES: usize = 848;
-        let body = std::mem::size_of::<Body>();
+        let body = std::mem::size_of::<Body<Single>>();
         let subscription = std::mem::size_of::<Subscription>();
-        let boxed = boxed_stream_size(Body::step);
+        let boxed = boxed_stream_size(Body::<Single>::step);
         eprintln!("Body {body} B, Subscription {subscription} B, boxed stream {boxed} B");
         assert!(boxed <= BUDGET_BYTES, "the boxed stream is {boxed} bytes (body {body}), budget {BUDGET_BYTES}");
     }

@@ -12,4 +12,5 @@ mod limits;
 mod operations;
 mod publish;
 mod stream;
+mod streams;
 mod tls;
