@@ -184,3 +184,54 @@ for (const broker of ['memory', 'redis']) {
     assert.ok(ids.every((id) => !seen.includes(id)), 'nothing the reader had already seen');
   });
 }
+
+test('several stories on one connection (Redis): composite resume, a gap on one story only, kill -9: exact per story', async (t) => {
+  const redis = await startRedis();
+  const env = { STORYLINE_RETENTION_NAMESPACES: 'gap=10' };
+  let server = await startStoryline({ redisUrl: redis.url, env });
+  const { port, baseUrl } = server;
+  t.after(async () => {
+    await server.stop();
+    await redis.stop();
+  });
+  const stories = ['multi-a', 'gap:multi', 'multi-b'];
+  const first = recorder();
+  const reader = subscribe(stories, { baseUrl, token: mintToken(), lastEventId: '0,0,0', backoff: FAST, ...first });
+  const early = stories.map((s) => startPublisher(baseUrl, s, { pauseMs: 10 }));
+  await pollUntil('events on every story', () => stories.every((s) => first.ids(s).length >= 3));
+  const earlyAcked = await Promise.all(early.map((p) => p.stop()));
+  for (const [i, s] of stories.entries()) await untilDelivered(first, earlyAcked[i], s);
+  reader.close();
+  const cursor = reader.lastEventId;
+  assert.deepEqual(cursor.split(','), stories.map((s) => first.ids(s).at(-1)), 'the composite cursor: each story\'s last delivered id');
+
+  const away = startPublisher(baseUrl, 'gap:multi', { pauseMs: 0 });
+  await pollUntil('more than the retention on gap:multi', () => away.acked.length >= 40);
+  await away.stop();
+  const retained = (await history(baseUrl, 'gap:multi')).map((e) => e.id);
+
+  const rec = recorder();
+  const sub = subscribe(stories, { baseUrl, token: mintToken(), lastEventId: cursor, backoff: FAST, ...rec });
+  t.after(() => sub.close());
+  const live = ['multi-a', 'multi-b'].map((s) => startPublisher(baseUrl, s));
+  await pollUntil('live events before the kill', () => live.every((p) => p.acked.length >= 20));
+  await server.stop('SIGKILL');
+  server = await restartStoryline(port, { redisUrl: redis.url, env });
+  const marks = live.map((p) => p.acked.length);
+  await pollUntil('live events after the restart', () => live.every((p, i) => p.acked.length >= marks[i] + 20));
+  const [ackedA, ackedB] = await Promise.all(live.map((p) => p.stop()));
+  await untilDelivered(rec, ackedA, 'multi-a');
+  await untilDelivered(rec, ackedB, 'multi-b');
+  await pollUntil('gap:multi retained events', () => rec.ids('gap:multi').length >= retained.length);
+
+  summary('several stories (node, redis)', {
+    stories: stories.length, 'multi-a': `${rec.ids('multi-a').length}/${ackedA.length}`, 'multi-b': `${rec.ids('multi-b').length}/${ackedB.length}`,
+    'gap:multi': `${rec.ids('gap:multi').length}/${retained.length}`, gaps: rec.gaps.length, duplicates_dropped: sub.stats.duplicates,
+    connections: sub.stats.connections,
+  });
+  assert.deepEqual(rec.ids('multi-a'), ackedA, 'multi-a: exactly the acknowledged events after the cursor');
+  assert.deepEqual(rec.ids('multi-b'), ackedB, 'multi-b: exactly the acknowledged events after the cursor');
+  assert.deepEqual(rec.ids('gap:multi'), retained, 'gap:multi: the retained events');
+  assert.deepEqual(rec.gaps, [{ story: 'gap:multi', requested: cursor.split(',')[1], resumedFrom: retained[0] }], 'one gap, for that story only');
+  for (const s of stories) assertNoDuplicates(rec.ids(s), s);
+});
