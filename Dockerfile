@@ -10,6 +10,8 @@
 # Debian 12 (bookworm), as the runtime stage: the binary links against this glibc.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
+# Everything .dockerignore lets in: the crates and, for the reader page the binary embeds (include_str! in
+# crates/storyline-server/src/routes/reader.rs), clients/js/src and clients/js/reader.
 COPY . .
 # The registry and the target directory are BuildKit cache mounts: a rebuild after a source change recompiles
 # storyline's crates, not its ~400 dependencies, and none of it lands in a layer. The binary is copied out of the

@@ -30,13 +30,18 @@ use serde_norway::{Mapping, Value};
 use storyline_core::{
     EventData, EventId, EventType, GAP_EVENT, Gap, Metadata, StoredEvent, StoryId, TOKEN_EXPIRED_EVENT,
 };
-use storyline_hub::{SseFrame, encode_event, encode_gap, take_frame};
+use storyline_hub::{EventFrame, EventMeters, SseFrame, encode_event, encode_gap, encode_story_gap, take_frame};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     error::{ApiError, Problem},
-    openapi::{ApiDoc, EnvelopeBody, GapData, PublishRequest, ReceiptBody, TokenExpiredData},
-    routes::stream::{HEARTBEAT, encode_retry, encode_token_expired},
+    openapi::{
+        ApiDoc, CURSOR_PATTERN, EnvelopeBody, GapData, PublishRequest, ReceiptBody, StoryGapData, TokenExpiredData,
+    },
+    routes::{
+        stream::{HEARTBEAT, encode_retry, encode_token_expired},
+        streams::cursor_line,
+    },
 };
 
 /// The AsyncAPI version the document follows.
@@ -45,9 +50,11 @@ pub const ASYNCAPI_VERSION: &str = "3.0.0";
 const HTTP_BINDING_VERSION: &str = "0.3.0";
 /// The OpenAPI operation ids of the two operations described (utoipa names them after the handlers).
 const STREAM_OPERATION: &str = "stream";
+const STREAMS_OPERATION: &str = "streams";
 const PUBLISH_OPERATION: &str = "publish";
 /// Component keys, used both where a component is defined and where it is referenced.
 const STREAM_CHANNEL: &str = "storyStream";
+const STREAMS_CHANNEL: &str = "storiesStream";
 const EVENTS_CHANNEL: &str = "storyEvents";
 const STORY_PARAMETER: &str = "story";
 /// `storyline serve`'s default listen address (`STORYLINE_LISTEN`), the plain HTTP server's default host.
@@ -94,6 +101,7 @@ pub fn yaml() -> Result<String, AsyncApiError> {
 pub fn document() -> Result<Value, AsyncApiError> {
     let openapi = serde_norway::to_value(ApiDoc::openapi())?;
     let stream = Operation::find(&openapi, STREAM_OPERATION)?;
+    let streams = Operation::find(&openapi, STREAMS_OPERATION)?;
     let publish = Operation::find(&openapi, PUBLISH_OPERATION)?;
     let schemas = Schemas::new()?;
     let info = get(&openapi, &["info"], "info")?;
@@ -113,10 +121,12 @@ pub fn document() -> Result<Value, AsyncApiError> {
         "servers" => servers(),
         "channels" => map! {
             STREAM_CHANNEL => stream_channel(&stream)?,
+            STREAMS_CHANNEL => streams_channel(&streams),
             EVENTS_CHANNEL => events_channel(&publish)?,
         },
         "operations" => map! {
             "streamStory" => stream_operation(&stream)?,
+            "streamStories" => streams_operation(&streams)?,
             "publishEvent" => publish_operation(&publish)?,
         },
         "components" => map! {
@@ -272,6 +282,75 @@ reconnecting with it loses nothing.
 The token may come as `Authorization: Bearer`, as `?access_token=` (what `EventSource` can do) or in the \
 `storyline_token` cookie; with `STORYLINE_PUBLIC_READ` the stories it matches need none.";
 
+fn streams_channel(streams: &Operation<'_>) -> Value {
+    map! {
+        "address" => streams.path.as_str(),
+        "title" => "Several stories on one stream",
+        "description" => STREAMS_CHANNEL_DESCRIPTION,
+        "messages" => channel_messages(&STREAMS_MESSAGES),
+    }
+}
+
+const STREAMS_CHANNEL_DESCRIPTION: &str = "\
+Several stories' events on one Server-Sent Events stream (`GET /v1/streams?stories=a,b,c`), so that a page showing \
+many stories needs one connection (a browser opens at most six per origin over HTTP/1.1). It answers as the \
+story stream does (`200`, an endless `text/event-stream`), with these differences:
+
+1. After `retry:`, an id-only frame (`id: <cursor>`, nothing else) names every story's start position, so that a \
+reader that reconnects before any event arrives resumes exactly. An SSE parser sets its last event id from it and \
+dispatches nothing.
+2. Every frame's `id` is the cursor: one position per story, in the order of `stories`, joined by `,` \
+(`<ms>-<seq>`: after that event; `0`: from the oldest retained). An event's frame carries the cursor with its \
+story advanced to it; its envelope names the story. Per story, events come in log order; across stories, in any \
+interleaving.
+3. A `gap` names its story and carries an `id`: the cursor with that story just before the event delivered next, \
+so that a resume after it does not report the hole again.
+
+`token-expired`, `retry:` and `: keep-alive` frames, the drain, slow consumers and broker outages are as on the \
+story stream. The cursor costs O(stories) bytes on every frame (at most 41 per story).";
+
+fn streams_operation(streams: &Operation<'_>) -> Result<Value, AsyncApiError> {
+    let mut query = Mapping::new();
+    for name in ["stories", "last_event_id", "access_token"] {
+        query.insert(Value::from(name), streams.parameter_schema("query", name)?);
+    }
+    let last_event_id = "Last-Event-ID";
+    let refusals = streams.refusals()?;
+    Ok(map! {
+        "action" => "send",
+        "channel" => reference(&["channels", STREAMS_CHANNEL]),
+        "title" => text(streams.operation, "summary")?,
+        "summary" => "Every frame a reader of several stories on one stream receives.",
+        "description" => format!(
+            "{STREAMS_RESUME_DESCRIPTION}\n\nRefusals, before the stream opens (`application/problem+json`); \
+             nothing is opened on any of them:\n{refusals}"
+        ),
+        "security" => streams.security()?,
+        "bindings" => map! {
+            "http" => map! {
+                "method" => streams.method.to_uppercase(),
+                "query" => map! { "type" => "object", "required" => vec!["stories"], "properties" => Value::Mapping(query) },
+                "bindingVersion" => HTTP_BINDING_VERSION,
+            },
+        },
+        "x-request-headers" => map! {
+            "type" => "object",
+            "properties" => map! { last_event_id => streams.parameter_schema("header", last_event_id)? },
+        },
+        "messages" => operation_messages(STREAMS_CHANNEL, &STREAMS_MESSAGES),
+    })
+}
+
+const STREAMS_RESUME_DESCRIPTION: &str = "\
+`stories` names 1 to `STORYLINE_MAX_STORIES_PER_STREAM` (default 32) distinct stories; the token must be able \
+to read every one. The connection counts as one stream against every limit.
+
+The resume cursor is the `Last-Event-ID` request header (what `EventSource` sends back, unchanged, when it \
+reconnects), else the `last_event_id` query parameter; the header wins, and an empty value counts as none. It \
+must have one position per story. Without one, each story starts at its newest event at open (only new events); \
+with one, each story continues after its position, with no gap or duplicate, or with a `gap` naming the story \
+when its position fell out of the retained history.";
+
 fn publish_operation(publish: &Operation<'_>) -> Result<Value, AsyncApiError> {
     let refusals = publish.refusals()?;
     Ok(map! {
@@ -299,6 +378,8 @@ fn publish_operation(publish: &Operation<'_>) -> Result<Value, AsyncApiError> {
 
 /// The stream channel's messages (component keys), in the order the descriptions present them.
 const STREAM_MESSAGES: [&str; 5] = ["storyEvent", "gap", "tokenExpired", "retry", "keepAlive"];
+/// The many-story stream channel's messages: its own event, cursor and gap frames, then the frames it shares.
+const STREAMS_MESSAGES: [&str; 6] = ["storiesEvent", "cursor", "storyGap", "tokenExpired", "retry", "keepAlive"];
 /// The events channel's messages: the request first, then the replies.
 const EVENTS_MESSAGES: [&str; 4] = ["publishEvent", "receiptCreated", "receiptRepeated", "problem"];
 
@@ -329,6 +410,23 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
     let token_expired = Example::from_frame("tokenExpired", &encode_token_expired(1_732_410_000))?;
     let retry = Example::from_frame("retry", &encode_retry(Duration::from_millis(2000)))?;
     let keep_alive = Example::from_frame("keepAlive", HEARTBEAT)?;
+    // A stream of two stories, `demo` and one with no event yet, framed as the many-story route frames them: its
+    // cursor line, then the shared bytes of the event's frame.
+    let start = [EventId::new(1_732_406_000_000, 3), EventId::ZERO];
+    let advanced = [fixture.event.id, EventId::ZERO];
+    let stories_event = Example::from_frame(
+        "storiesEvent",
+        &concat(&[cursor_line(&advanced, false), EventFrame::new(&fixture.event, EventMeters::noop()).fields()]),
+    )?;
+    let cursor = Example::from_frame("cursor", &cursor_line(&start, true))?;
+    let story_gap_at = Gap { requested: start[0], resumed_from: fixture.event.id };
+    let story_gap = Example::from_frame(
+        "storyGap",
+        &concat(&[
+            cursor_line(&[storyline_hub::position_after_gap(story_gap_at), EventId::ZERO], false),
+            encode_story_gap(&fixture.event.story, story_gap_at),
+        ]),
+    )?;
     let heartbeat_comment = keep_alive.frame.comments.first().cloned().ok_or(AsyncApiError::Frame("keepAlive"))?;
 
     let request = PublishRequest {
@@ -341,7 +439,76 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
 
     let request_content_type = publish.request_content_type()?;
     let idempotency_key = "Idempotency-Key";
+    let story_event_fields = |id: Value| {
+        sse_fields(
+            &["id", "event"],
+            map! {
+                "id" => id,
+                "event" => map! {
+                    "type" => "string",
+                    "pattern" => type_pattern.as_str(),
+                    "not" => map! {
+                        "anyOf" => vec![
+                            map! { "enum" => vec![GAP_EVENT, TOKEN_EXPIRED_EVENT] },
+                            map! { "pattern" => RESERVED_TYPE_PATTERN },
+                        ],
+                    },
+                    "description" => "The event type (SSE `event`). Never a reserved name: those are the \
+                        control frames' and storyline's own.",
+                },
+            },
+        )
+    };
+    let cursor_field = || {
+        map! {
+            "type" => "string",
+            "pattern" => CURSOR_PATTERN,
+            "description" => "The cursor (SSE `id`): one position per story, in the order of `stories`, joined by \
+                `,`; what `Last-Event-ID` resumes every story after.",
+        }
+    };
     Ok(map! {
+        "storiesEvent" => map! {
+            "name" => "stories-event",
+            "title" => "Story event, on a stream of several stories",
+            "summary" => "One event of one of the stories: `id` the cursor, `event` its type, `data` the envelope.",
+            "description" => "As a story event, but its `id` is the stream's cursor with this event's story at \
+                this event (the other stories keep their positions); the envelope's `story` says which story it \
+                is. The `event:` and `data:` lines are the very bytes every reader of the story gets.",
+            "contentType" => "application/json",
+            "headers" => story_event_fields(cursor_field()),
+            "payload" => schemas.reference::<EnvelopeBody>(),
+            "examples" => vec![stories_event.example("chapter", "A chapter of `demo`, the first of two stories")],
+            "x-sse-frame" => stories_event.bytes.as_str(),
+        },
+        "cursor" => map! {
+            "name" => "cursor",
+            "title" => "Start positions",
+            "summary" => "`id: <cursor>` alone, right after `retry:`: every story's start position.",
+            "description" => "The first frame after `retry:` on a stream of several stories. An SSE parser sets its \
+                last event id to it and dispatches nothing, so a reader that reconnects before any event arrives \
+                resumes every story exactly. No `event` and no `data`.",
+            "headers" => sse_fields(&["id"], map! { "id" => cursor_field() }),
+            "examples" => vec![cursor.example("start", "Two stories: one after an event, one from its oldest")],
+            "x-sse-frame" => cursor.bytes.as_str(),
+        },
+        "storyGap" => map! {
+            "name" => GAP_EVENT,
+            "title" => "Gap, on a stream of several stories",
+            "summary" => "Events of `story` due to this reader were trimmed by retention: its delivery resumes from \
+                `resumed_from`.",
+            "description" => "As the story stream's `gap`, for one of the stories, which `story` names. Its `id` is \
+                the cursor with that story just before `resumed_from`, so a resume after it does not report the \
+                hole again.",
+            "contentType" => "application/json",
+            "headers" => sse_fields(
+                &["id", "event"],
+                map! { "id" => cursor_field(), "event" => map! { "const" => GAP_EVENT } },
+            ),
+            "payload" => schemas.reference::<StoryGapData>(),
+            "examples" => vec![story_gap.example("trimmed", "A story's position older than its retained history")],
+            "x-sse-frame" => story_gap.bytes.as_str(),
+        },
         "storyEvent" => map! {
             "name" => "story-event",
             "title" => "Story event",
@@ -353,28 +520,11 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
                 publisher's JSON, verbatim (line breaks between JSON tokens become spaces). Every reader gets \
                 every event, in order.",
             "contentType" => "application/json",
-            "headers" => sse_fields(
-                &["id", "event"],
-                map! {
-                    "id" => map! {
-                        "type" => "string",
-                        "pattern" => id_pattern.as_str(),
-                        "description" => "The event id (SSE `id`): what `Last-Event-ID` resumes after.",
-                    },
-                    "event" => map! {
-                        "type" => "string",
-                        "pattern" => type_pattern.as_str(),
-                        "not" => map! {
-                            "anyOf" => vec![
-                                map! { "enum" => vec![GAP_EVENT, TOKEN_EXPIRED_EVENT] },
-                                map! { "pattern" => RESERVED_TYPE_PATTERN },
-                            ],
-                        },
-                        "description" => "The event type (SSE `event`). Never a reserved name: those are the \
-                            control frames' and storyline's own.",
-                    },
-                },
-            ),
+            "headers" => story_event_fields(map! {
+                "type" => "string",
+                "pattern" => id_pattern.as_str(),
+                "description" => "The event id (SSE `id`): what `Last-Event-ID` resumes after.",
+            }),
             "payload" => schemas.reference::<EnvelopeBody>(),
             "examples" => vec![story_event.example("chapter", "A chapter appended by an agent")],
             "x-sse-frame" => story_event.bytes.as_str(),
@@ -497,6 +647,11 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
 
 /// `storyline.*`: event types storyline keeps for itself (checked against `EventType::parse` by a test).
 const RESERVED_TYPE_PATTERN: &str = "^storyline\\.";
+
+/// Frames written as consecutive chunks, as one.
+fn concat(chunks: &[bytes::Bytes]) -> Vec<u8> {
+    chunks.iter().flat_map(|chunk| chunk.iter().copied()).collect()
+}
 
 fn receipt_message(schemas: &Schemas, status: u16, title: &str, summary: &str, receipt: &Value) -> Value {
     map! {
@@ -686,6 +841,7 @@ impl Schemas {
         Ok(Self(vec![
             entry::<EnvelopeBody>()?,
             entry::<GapData>()?,
+            entry::<StoryGapData>()?,
             entry::<TokenExpiredData>()?,
             entry::<PublishRequest>()?,
             entry::<ReceiptBody>()?,
@@ -967,7 +1123,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 7, "every message with a payload has an example");
+        assert_eq!(checked, 9, "every message with a payload has an example");
     }
 
     #[test]

@@ -162,6 +162,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("/readyz", "GET, HEAD"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
+    ("/", "GET"),
+    ("/reader", "GET"),
+    ("/reader/storyline.js", "GET"),
+    ("/reader/reader.js", "GET"),
+    ("/reader/reader.css", "GET"),
 ];
 
 impl std::fmt::Debug for Application {
@@ -238,6 +243,11 @@ impl Application {
                 .service(routes::health::readyz)
                 .service(routes::health::metrics)
                 .service(routes::health::openapi)
+                .service(routes::reader::root)
+                .service(routes::reader::page)
+                .service(routes::reader::client)
+                .service(routes::reader::script)
+                .service(routes::reader::styles)
                 .default_service(web::to(fallback))
         })
         // Remember each connection's fd, for the slow-consumer sweeper (see `slow`). Over TLS the socket under the
@@ -398,8 +408,9 @@ async fn credentials_only_with_a_granted_origin(
     Ok(res)
 }
 
-/// Headers on every response, errors and CORS preflights included. storyline serves data, never pages: nothing it
-/// answers may be sniffed into something executable, framed, or leak the page's URL as a referrer.
+/// Headers on every response, errors and CORS preflights included. storyline serves data, and one page (the reader,
+/// `routes::reader`, whose responses set a policy of their own, which this middleware then leaves alone): nothing
+/// it answers may be sniffed into something executable, framed, or leak the page's URL as a referrer.
 const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),

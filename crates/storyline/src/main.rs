@@ -11,6 +11,17 @@ mod probe;
 mod settings;
 mod telemetry;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_reader_page_url_carries_the_story_and_token_uri_encoded_in_its_fragment() {
+        assert_eq!(
+            super::reader_page_url("http://127.0.0.1:8080", "public:tale 1", "a.b-c_d"),
+            "http://127.0.0.1:8080/reader#story=public%3Atale%201&token=a.b-c_d"
+        );
+    }
+}
+
 use std::{net::TcpListener, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -305,6 +316,36 @@ fn print_quickstart(secret: &JwtSecret, rules: TokenRules, bound: std::net::Sock
          -H 'Content-Type: application/json' \\\n    \
          -d '{{\"type\":\"chapter\",\"data\":{{\"text\":\"Once upon a time\"}}}}'\n\n\
          In a browser:\n  \
-         new EventSource('{base}/v1/stories/demo/stream?access_token={reader}').addEventListener('chapter', e => console.log(JSON.parse(e.data)))\n\n"
+         new EventSource('{base}/v1/stories/demo/stream?access_token={reader}').addEventListener('chapter', e => console.log(JSON.parse(e.data)))\n\n\
+         Or open the reader page, which shows the story live (the story and the token are in the URL fragment,\n\
+         which the browser never sends to a server):\n  \
+         {reader_page}\n\n",
+        reader_page = reader_page_url(&base, "demo", &reader),
     ))
+}
+
+/// The reader page opened on `story` with `token`: `<base>/reader#story=<id>&token=<jwt>`, both URI-encoded (as
+/// `encodeURIComponent` does; the page decodes them).
+fn reader_page_url(base: &str, story: &str, token: &str) -> String {
+    fn encode(value: &str) -> String {
+        value
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z'
+                | b'a'..=b'z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'_'
+                | b'.'
+                | b'!'
+                | b'~'
+                | b'*'
+                | b'\''
+                | b'('
+                | b')' => char::from(b).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    }
+    format!("{base}/reader#story={}&token={}", encode(story), encode(token))
 }

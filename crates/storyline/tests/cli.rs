@@ -75,8 +75,8 @@ fn serve(env: &[(&str, &str)]) -> (Serve, std::sync::mpsc::Receiver<String>) {
 async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_on_sigterm() {
     let (serve, rx) = serve(&[]);
     // Read the quickstart the binary prints: the base URL and the two tokens.
-    let (mut base, mut writer, mut reader) = (None, None, None);
-    while base.is_none() || writer.is_none() || reader.is_none() {
+    let (mut base, mut writer, mut reader, mut page) = (None, None, None, None);
+    while base.is_none() || writer.is_none() || reader.is_none() || page.is_none() {
         let line = rx.recv_timeout(Duration::from_secs(30)).expect("quickstart printed");
         if let Some(rest) = line.strip_prefix("storyline is up at ") {
             base = Some(rest.trim().to_owned());
@@ -88,9 +88,19 @@ async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_o
             let t = line.split("access_token=").nth(1).unwrap();
             reader = Some(t.trim_end_matches('\'').to_owned());
         }
+        if line.contains("/reader#") {
+            page = Some(line.trim().to_owned());
+        }
     }
-    let (base, writer, reader) = (base.unwrap(), writer.unwrap(), reader.unwrap());
+    let (base, writer, reader, page) = (base.unwrap(), writer.unwrap(), reader.unwrap(), page.unwrap());
     let client = reqwest::Client::new();
+
+    // The printed reader page: the page itself, opened on the story with the reader token in its fragment.
+    assert_eq!(page, format!("{base}/reader#story=demo&token={reader}"), "the reader page's URL");
+    let (page_url, _fragment) = page.split_once('#').unwrap();
+    let served = client.get(page_url).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert!(served.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "the page is HTML");
 
     // The printed stream command (reader token in the query, as EventSource would send it).
     let stream = client.get(format!("{base}/v1/stories/demo/stream?access_token={reader}")).send().await.unwrap();

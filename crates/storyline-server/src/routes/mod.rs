@@ -3,6 +3,7 @@
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;
+pub(crate) mod reader;
 pub(crate) mod stream;
 pub(crate) mod streams;
 

@@ -11,6 +11,7 @@ mod jwks;
 mod limits;
 mod operations;
 mod publish;
+mod reader;
 mod stream;
 mod streams;
 mod tls;
