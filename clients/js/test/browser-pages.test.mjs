@@ -81,7 +81,7 @@ test('reader page: events posted from outside appear in order, survive a restart
   await page.screenshot({ path: path.join(shots, 'reader-after-restart.png'), fullPage: true });
 
   const ids = await listed(page);
-  summary('reader page (chromium, redis)', { before_restart: first.length, after_restart: second.length + 1, listed: ids.length, screenshots: shots });
+  summary('reader page (chromium, redis)', { before_restart: first.length, after_restart: second.length + 1, listed: ids.length, screenshots: process.env.KEEP_SCREENSHOTS ? shots : '2 (KEEP_SCREENSHOTS=1 keeps them)' });
   assert.deepEqual(ids, [...first, ...second, posted], 'every event once, in order, across the restart');
   assert.match(await page.textContent('#events li:last-child'), /note \{"text":"from the page"\}/);
   assert.deepEqual(violations, [], 'nothing blocked by the page CSP');
