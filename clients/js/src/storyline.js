@@ -405,14 +405,17 @@ class Subscription {
     const probe = this.probeNext;
     this.probeNext = false;
     if (probe || typeof globalThis.EventSource !== 'function') return false;
-    // Several stories need the first id-only frame's cursor, which EventSource does not expose.
-    if (this.multi && this.lastEventId == null) return false;
+    // Without a cursor the start position comes from the multi-story endpoint's first id-only frame, which
+    // EventSource does not expose.
+    if (this.lastEventId == null) return false;
     if (this.transport === 'eventsource') return true;
     return this.transport === 'auto' && Array.isArray(this.eventTypes) && !this.multi;
   }
 
   url(forEventSource) {
-    const url = this.multi
+    // With no cursor yet, even one story opens on /v1/streams: its first frame (id-only) names where the stream
+    // starts, so a reconnect before the first event resumes exactly instead of skipping what came in between.
+    const url = this.multi || this.lastEventId == null
       ? new URL(`/v1/streams?stories=${this.stories.join(',')}`, this.baseUrl)
       : new URL(`/v1/stories/${this.stories[0]}/stream`, this.baseUrl);
     if (forEventSource) {

@@ -235,3 +235,33 @@ test('several stories on one connection (Redis): composite resume, a gap on one 
   assert.deepEqual(rec.gaps, [{ story: 'gap:multi', requested: cursor.split(',')[1], resumedFrom: retained[0] }], 'one gap, for that story only');
   for (const s of stories) assertNoDuplicates(rec.ids(s), s);
 });
+
+test('a reader with no cursor that loses its stream before any event resumes from where it started (Redis)', async (t) => {
+  const redis = await startRedis();
+  let server = await startStoryline({ redisUrl: redis.url });
+  const { port, baseUrl } = server;
+  t.after(async () => {
+    await server.stop();
+    await redis.stop();
+  });
+  const story = 'no-cursor';
+  const old = startPublisher(baseUrl, story, { pauseMs: 0 });
+  await pollUntil('history before the reader', () => old.acked.length >= 5);
+  const before = await old.stop();
+  const rec = recorder();
+  const sub = subscribe(story, { baseUrl, token: mintToken(), backoff: { baseMs: 500, capMs: 1000 }, ...rec });
+  t.after(() => sub.close());
+  // The first (id-only) frame names the newest event at open: the reader knows where it started.
+  await pollUntil('the start cursor', () => sub.lastEventId === before.at(-1));
+  await server.stop('SIGKILL');
+  server = await restartStoryline(port, { redisUrl: redis.url });
+  // Published as soon as the new instance listens, while the reader is most likely still backing off.
+  const pub = startPublisher(baseUrl, story, { pauseMs: 0 });
+  await pollUntil('events after the restart', () => pub.acked.length >= 10);
+  const acked = await pub.stop();
+  await untilDelivered(rec, acked, story);
+  summary('no cursor, restart before any event (node, redis)', {
+    before_open: before.length, acknowledged_after: acked.length, delivered: rec.events.length, connections: sub.stats.connections,
+  });
+  assert.deepEqual(rec.ids(story), acked, 'every event after the open, none from before');
+});
