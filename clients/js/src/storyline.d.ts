@@ -54,7 +54,7 @@ export interface SubscribeOptions {
   onStatus?: (status: Status) => void;
   /** A refusal that retrying cannot fix (400, 403, 404, a 401 without getToken); the subscription is closed. */
   onError?: (error: StorylineError) => void;
-  /** `auto` (default): EventSource in a browser for one story when `eventTypes` is given, else fetch streaming. */
+  /** `auto` (default): EventSource in a browser for one story when `eventTypes` is given and a cursor is known, else fetch streaming; `eventsource` also for several stories (once a cursor is known). A connection after a refusal is always made with fetch, to read its status. */
   transport?: 'auto' | 'eventsource' | 'fetch';
   /** The event types to listen for with EventSource (it has no catch-all listener). */
   eventTypes?: string[];

@@ -7,9 +7,11 @@
 // interval), a `gap` (reported to the app), and a replay after an at-least-once resume (duplicate ids are
 // dropped, per story). publish() appends one event with an Idempotency-Key and retries the same key.
 //
-// No dependencies. The native EventSource is used where it suffices (a browser, one story, and the app names the
-// event types it wants, since EventSource has no catch-all listener); everything else, and every connection
-// whose HTTP status must be read, goes through fetch() with the SSE parser below.
+// No dependencies. The native EventSource is used where it suffices (a browser, one story, a known cursor, and the
+// app names the event types it wants, since EventSource has no catch-all listener); everything else, and every
+// connection whose HTTP status must be read (the one after an EventSource refusal), goes through fetch() with the
+// SSE parser below. EventSource's own reconnect (a fixed interval) is never used: on its first error the client
+// closes it and applies its own policy.
 
 const STORY_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 const EVENT_ID = /^(0|[0-9]{1,19}-[0-9]{1,19})$/;
