@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the broker conformance suite (memory and Redis), the HTTP
-# contract suite (both brokers), the CLI tests and the benchmark tool's tests; before them the compose stack's
-# static checks (scripts/compose-check.sh) and the AsyncAPI parser (scripts/asyncapi.sh), after them the short
-# k6 soak (scripts/soak.sh).
+# contract suite (both brokers), the CLI tests, the clients' and the benchmark tool's tests; before them the
+# compose stack's static checks (scripts/compose-check.sh) and the AsyncAPI parser (scripts/asyncapi.sh), after
+# them the JavaScript client's tests in Node and Chromium (scripts/js-test.sh) and the short k6 soak
+# (scripts/soak.sh).
 #
 # `--full` (or STORYLINE_TEST_FULL=1) then also runs scripts/schemathesis.sh: schemathesis against the running
 # service and its OpenAPI document (needs python3 >= 3.10; CI runs this mode). Other arguments go to `cargo test`.
@@ -109,8 +110,13 @@ cargo test --workspace --locked "${CARGO_ARGS[@]}"
 
 # The short soak: k6 publishers and storyline-bench readers against storyline on its own Redis for 150 s, with
 # the leak bounds (scripts/soak.sh; `--long` for 30 minutes). It reuses the dev binaries cargo test just built.
-# A run given cargo arguments (a test-name filter: `./scripts/test.sh conformance`) is not the whole suite: no soak.
+# A run given cargo arguments (a test-name filter: `./scripts/test.sh conformance`) is not the whole suite: no JS
+# tests, no soak.
 if [ "${#CARGO_ARGS[@]}" -eq 0 ]; then
+  # The JavaScript client and the reader page, in Node and in Debian's headless Chromium (scripts/js-test.sh
+  # installs chromium with apt-get and playwright-core from the lock file), on the binary cargo test just built.
+  echo "test.sh: the JavaScript client's tests (scripts/js-test.sh)" >&2
+  SKIP_BUILD=1 ./scripts/js-test.sh
   echo "test.sh: short soak with k6 on the Redis broker (scripts/soak.sh)" >&2
   ./scripts/soak.sh --broker redis
 fi
