@@ -43,6 +43,8 @@ if ! node_ok; then
 fi
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-server || need "install redis-server (Redis >= 6.2)"
+# The reader page test posts its events with curl, as the README does.
+command -v curl >/dev/null 2>&1 || apt_install curl curl || need "install curl"
 
 CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
 export CHROMIUM_BIN

@@ -1,5 +1,5 @@
 // Pages in real headless Chromium against the real binary: the reader page storyline serves at /reader (events
-// posted from outside shown in order, a screenshot, a reconnect after a restart, posting from the page), twenty
+// posted with curl shown in order, a screenshot, a reconnect after a restart, posting from the page), twenty
 // stories over one HTTP/1.1 connection with the multi-story endpoint across a restart, and the README's browser
 // example run exactly as written.
 import { test, before, after } from 'node:test';
@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, stat, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { publish } from '../src/storyline.js';
 import {
   startRedis, startStoryline, restartStoryline, startPublisher, pollUntil, mintToken, summary, repoRoot,
@@ -26,16 +28,21 @@ after(async () => {
 
 const listed = (page) => page.$$eval('#events li', (items) => items.map((li) => li.dataset.id));
 
-async function postFromOutside(baseUrl, story, n, from = 0) {
+// The README's first POST: curl, with a writer token; returns the receipt's id.
+async function postWithCurl(baseUrl, story, n, from = 0) {
   const ids = [];
   for (let i = 0; i < n; i++) {
-    const r = await publish(story, { type: 'chapter', data: { n: from + i } }, { baseUrl, token: mintToken() });
-    ids.push(r.id);
+    const { stdout } = await promisify(execFile)('curl', [
+      '-sS', '--fail-with-body', '-X', 'POST', `${baseUrl}/v1/stories/${story}/events`,
+      '-H', `Authorization: Bearer ${mintToken()}`, '-H', 'Content-Type: application/json',
+      '-d', JSON.stringify({ type: 'chapter', data: { n: from + i } }),
+    ]);
+    ids.push(JSON.parse(stdout).id);
   }
   return ids;
 }
 
-test('reader page: events posted from outside appear in order, survive a restart (Redis), and the page posts', async (t) => {
+test('reader page: events posted with curl appear in order, survive a restart (Redis), and the page posts', async (t) => {
   const redis = await startRedis();
   let server = await startStoryline({ redisUrl: redis.url });
   const { port, baseUrl } = server;
@@ -55,7 +62,7 @@ test('reader page: events posted from outside appear in order, survive a restart
   await page.waitForSelector('#status[data-state="open"]');
   assert.equal(new URL(page.url()).hash, '', 'the token is taken out of the address bar');
 
-  const first = await postFromOutside(baseUrl, story, 10);
+  const first = await postWithCurl(baseUrl, story, 10);
   await pollUntil('ten events listed', async () => (await listed(page)).length === 10);
   const shot = path.join(shots, 'reader.png');
   await page.screenshot({ path: shot, fullPage: true });
@@ -69,7 +76,7 @@ test('reader page: events posted from outside appear in order, survive a restart
   await page.waitForSelector('#status[data-state="waiting"]');
   server = await restartStoryline(port, { redisUrl: redis.url });
   await page.waitForSelector('#status[data-state="open"]', { timeout: 15_000 });
-  const second = await postFromOutside(baseUrl, story, 10, 10);
+  const second = await postWithCurl(baseUrl, story, 10, 10);
   await pollUntil('twenty events listed', async () => (await listed(page)).length >= 20);
 
   await page.fill('#type', 'note');
