@@ -14,18 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MIN_NODE_MAJOR=20
 DIR=asyncapi
 
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
-
-node_ok() {
-  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1
-  local major
-  major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
-  [ "${major:-0}" -ge "$MIN_NODE_MAJOR" ]
-}
 
 need_node() {
   echo "asyncapi.sh: Node.js >= ${MIN_NODE_MAJOR} with npm is required to run the AsyncAPI parser;" >&2

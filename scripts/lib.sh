@@ -37,3 +37,13 @@ apt_install_daemon() {
     { kill -QUIT "$(cat "$pidfile")" || sudo -n kill -QUIT "$(cat "$pidfile")"; } 2>/dev/null || true
   fi
 }
+
+# Node.js >= MIN_NODE_MAJOR with npm on PATH (scripts/asyncapi.sh and scripts/js-test.sh: the AsyncAPI parser and
+# the JavaScript client's tests).
+MIN_NODE_MAJOR=20
+node_ok() {
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+  [ "${major:-0}" -ge "$MIN_NODE_MAJOR" ]
+}
