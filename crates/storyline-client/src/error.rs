@@ -112,6 +112,10 @@ problems! {
     BadQuery = "bad-query",
     /// 400: a path parameter does not decode.
     BadPath = "bad-path",
+    /// 400: a many-story stream (`GET /v1/streams`) named more stories than one stream may carry.
+    TooManyStories = "too-many-stories",
+    /// 400: a many-story stream's resume cursor does not have one position per story.
+    BadCursor = "bad-cursor",
     /// 400: the `Idempotency-Key` is not 1 to 128 visible ASCII characters.
     BadIdempotencyKey = "bad-idempotency-key",
     /// 400: the body is not JSON.
