@@ -91,8 +91,8 @@ pub fn spawn(plan: Arc<Plan>, start: Instant) -> anyhow::Result<oneshot::Receive
 /// Publishes every event of the plan on schedule and waits for the last answer.
 pub async fn publish(plan: Arc<Plan>, start: Instant) -> anyhow::Result<PublishResult> {
     let config = &plan.config;
-    let client = reqwest::Client::builder()
-        .http1_only()
+    let client = storyline_client::http1_client_builder()
+        .context("publisher HTTP client TLS")?
         .pool_max_idle_per_host(config.publishers)
         .timeout(REQUEST_TIMEOUT)
         .build()

@@ -14,6 +14,7 @@ use crate::{
     error::{self, Error, Retry},
     event::{Event, HistoryPage, HistoryQuery, PublishBody, Receipt},
     retry::{RetryPolicy, parse_retry_after},
+    tls,
     token::{FixedToken, TokenSource, Tokens},
 };
 
@@ -50,6 +51,8 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     idle_timeout: Duration,
     retry: RetryPolicy,
+    /// PEM bundles of extra root certificates, parsed by `build`.
+    root_pems: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -94,6 +97,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the CA certificates in this PEM bundle (one or more `CERTIFICATE` blocks) for `https://`, besides
+    /// the system's roots: for a storyline behind a private CA. May be called more than once. A bundle that holds
+    /// no certificate, or one that does not parse, makes [`ClientBuilder::build`] fail.
+    pub fn add_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_pems.push(pem.as_ref().to_vec());
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
         let base = self.base.trim().trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base).map_err(|e| Error::InvalidRequest(format!("base URL {base:?}: {e}")))?;
@@ -106,9 +117,16 @@ impl ClientBuilder {
         if self.retry.max_attempts == 0 {
             return Err(Error::InvalidRequest("the retry policy needs at least one attempt".into()));
         }
+        let mut roots = Vec::new();
+        for pem in &self.root_pems {
+            roots.extend(tls::parse_pem_roots(pem)?);
+        }
+        // Always a configuration of our own, for http:// too: reqwest has no crypto provider of its own.
+        let tls = tls::client_config(roots, url.scheme() == "https")?;
         // No overall client timeout: it would cut endless streams. Calls set their own.
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| Error::InvalidRequest(format!("HTTP client: {e}")))?;
         Ok(Client {
@@ -131,7 +149,8 @@ pub(crate) struct Answer {
 }
 
 impl Client {
-    /// A builder for a client of the storyline at `base_url` (`http://host:port`, optionally with a path prefix).
+    /// A builder for a client of the storyline at `base_url` (`https://host[:port]` or `http://host:port`,
+    /// optionally with a path prefix).
     pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             base: base_url.into(),
@@ -140,6 +159,7 @@ impl Client {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             retry: RetryPolicy::default(),
+            root_pems: Vec::new(),
         }
     }
 
@@ -269,7 +289,13 @@ pub(crate) async fn read_answer(response: reqwest::Response, timeout: Duration) 
 
 /// A request that got no (whole) answer.
 pub(crate) fn transport(e: reqwest::Error, timeout: Duration) -> Error {
-    if e.is_timeout() { Error::TimedOut(timeout) } else { Error::Network(e.without_url()) }
+    if e.is_timeout() {
+        Error::TimedOut(timeout)
+    } else if tls::tls_cause(&e).is_some() {
+        Error::Tls(e.without_url())
+    } else {
+        Error::Network(e.without_url())
+    }
 }
 
 fn is_problem(headers: &header::HeaderMap) -> bool {

@@ -60,6 +60,11 @@ macro_rules! problems {
             /// The request did not get an answer: connect, send or read failed.
             #[error("network error: {}", error_chain(.0))]
             Network(#[source] reqwest::Error),
+            /// The TLS handshake failed: most often a server certificate the client does not trust (a private CA
+            /// not added with [`crate::ClientBuilder::add_root_certificates_pem`], a wrong host name, an expired
+            /// certificate). Not retried: the same handshake fails the same way.
+            #[error("TLS failed: {}", error_chain(.0))]
+            Tls(#[source] reqwest::Error),
             /// No answer (or, on a stream, no byte at all, not even a heartbeat) within this long.
             #[error("no answer within {0:?}")]
             TimedOut(Duration),
@@ -107,6 +112,10 @@ problems! {
     BadQuery = "bad-query",
     /// 400: a path parameter does not decode.
     BadPath = "bad-path",
+    /// 400: a many-story stream (`GET /v1/streams`) named more stories than one stream may carry.
+    TooManyStories = "too-many-stories",
+    /// 400: a many-story stream's resume cursor does not have one position per story.
+    BadCursor = "bad-cursor",
     /// 400: the `Idempotency-Key` is not 1 to 128 visible ASCII characters.
     BadIdempotencyKey = "bad-idempotency-key",
     /// 400: the body is not JSON.

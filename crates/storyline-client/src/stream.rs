@@ -64,6 +64,7 @@ pub struct Connection {
     idle_timeout: Duration,
     /// The token it was opened with (to tell whether a refusal is of the current token).
     token: Option<Arc<str>>,
+    version: reqwest::Version,
 }
 
 impl std::fmt::Debug for Connection {
@@ -73,6 +74,12 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// The HTTP version the stream runs over: HTTP/2 over TLS when the server offers it (storyline does, by
+    /// ALPN), else HTTP/1.1.
+    pub fn http_version(&self) -> reqwest::Version {
+        self.version
+    }
+
     /// The next frame; `Ok(None)` when the server ended the stream. Cancel-safe: a chunk is parsed as soon as it
     /// arrives, so dropping this future loses nothing.
     pub async fn next(&mut self) -> Result<Option<StreamFrame>, Error> {
@@ -176,7 +183,9 @@ impl Client {
         if !content_type.starts_with("text/event-stream") {
             return Err(Error::Decode(format!("the stream answered content type {content_type:?}")));
         }
+        let version = response.version();
         Ok(Connection {
+            version,
             body: response.bytes_stream().boxed(),
             parser: SseParser::new(),
             frames: VecDeque::new(),

@@ -33,9 +33,31 @@ pub fn test_config() -> ServerConfig {
     }
 }
 
+/// A reqwest client builder for tests: rustls with the ring provider, trusting the test CA (`fixtures/tls-ca.pem`)
+/// only, offering `h2` and `http/1.1`. reqwest is built without a crypto provider of its own (no aws-lc-rs), so a
+/// plain `reqwest::Client::new()` panics in a process that installed none; tests build their clients here.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(crate::fixture("tls-ca.pem")).expect("the test CA")).expect("a CA");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("rustls protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Client::builder().tls_backend_preconfigured(tls)
+}
+
+/// [`http_client_builder`]'s client with reqwest's defaults otherwise.
+pub fn http_client() -> Client {
+    http_client_builder().build().expect("HTTP client")
+}
+
 /// A running server.
 pub struct TestApp {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://127.0.0.1:<port>` when the config serves TLS (the test certificate
+    /// names 127.0.0.1; [`TestApp::client`] trusts its CA).
     pub base: String,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
@@ -61,13 +83,14 @@ pub async fn spawn_app(broker: Arc<dyn Broker>) -> TestApp {
 pub async fn spawn_app_with(broker: Arc<dyn Broker>, config: ServerConfig) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let keys = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     let app = Application::build(config, Arc::clone(&broker), listener).expect("build the application");
     let addr = app.local_addr();
-    let base = format!("http://{addr}");
+    let base = format!("{scheme}://{addr}");
     let shutdown = app.shutdown();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
-    let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
+    let client = http_client_builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
     TestApp { base, addr, client, broker, keys, shutdown, handle }
 }
 

@@ -20,7 +20,9 @@ mod sse;
 
 use std::{future::Future, time::Duration};
 
-pub use app::{Publisher, TEST_SECRET, TestApp, spawn_app, spawn_app_with, test_config};
+pub use app::{
+    Publisher, TEST_SECRET, TestApp, http_client, http_client_builder, spawn_app, spawn_app_with, test_config,
+};
 pub use keys::{JwksServer, fixture, jwks_of, sign_with_fixture};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, free_port};

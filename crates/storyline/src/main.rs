@@ -87,6 +87,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // reqwest is built without a crypto provider (no aws-lc-rs C build): the OTLP/HTTP exporter's client needs the
+    // process default. The server's and storyline-client's TLS name ring themselves. Err: already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The probe is a client of some storyline, possibly elsewhere: this machine's service settings are not its own.
     let command = match cli.command {

@@ -93,7 +93,7 @@ async fn serve_with_no_configuration_prints_working_commands_and_stops_cleanly_o
         }
     }
     let (base, writer, reader, page) = (base.unwrap(), writer.unwrap(), reader.unwrap(), page.unwrap());
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
 
     // The printed reader page: the page itself, opened on the story with the reader token in its fragment.
     assert_eq!(page, format!("{base}/reader#story=demo&token={reader}"), "the reader page's URL");
@@ -156,7 +156,7 @@ async fn serve_starts_not_ready_while_redis_is_down_and_becomes_ready_when_it_is
         ("STORYLINE_LOG_FORMAT", "json"),
     ]);
     let base = logged_base_url_json(&rx);
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
     assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "alive without Redis");
     assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 503, "not ready without Redis");
     redis.restart(&["--save", "", "--appendonly", "no"]);
@@ -191,7 +191,7 @@ async fn tokens_never_reach_the_logs_the_metrics_or_error_bodies() {
     let (serve, rx) =
         serve(&[("STORYLINE_JWT_SECRET", SECRET), ("STORYLINE_LOG_FORMAT", "json"), ("RUST_LOG", "trace")]);
     let base = logged_base_url_json(&rx);
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
     let mut bodies = Vec::new();
 
     let stream = client.get(format!("{base}/v1/stories/demo/stream?access_token={token}")).send().await.unwrap();
@@ -269,7 +269,7 @@ async fn security_events_are_audited_as_json_lines_and_counted_by_reason() {
         ("STORYLINE_PUBLISH_RATE_MEMBER", "1"),
     ]);
     let base = logged_base_url(&rx);
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
     let post = |token: &str| {
         client
             .post(format!("{base}/v1/stories/demo/events"))

@@ -96,7 +96,7 @@ async fn the_repeating_probe_exports_success_round_trips_and_failures_on_its_own
         &[("STORYLINE_PROBE_TOKEN", &token), ("RUST_LOG", "info")],
     );
     let metrics_url = format!("{}/metrics", logged_base_url(&rx));
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
     let scrape = || async { client.get(&metrics_url).send().await.ok()?.text().await.ok() };
 
     // Healthy: success 1 and round-trip samples in an explicit-bucket histogram.

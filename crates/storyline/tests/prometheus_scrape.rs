@@ -178,7 +178,7 @@ impl Prometheus {
         }
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let client = storyline_testkit::http_client_builder().timeout(Duration::from_secs(10)).build().unwrap();
         let (process, base) = common::start_prometheus(Path::new("prometheus"), &config_file, dir).await;
         Self { _process: process, base, client }
     }
@@ -356,8 +356,8 @@ async fn run_load(base: String, mut stop: tokio::sync::oneshot::Receiver<()>) ->
         ("member", mint_token(SECRET, &["--sub", "reader-member", "--scope", "read:*", "--tier", "member"])),
         ("agent", mint_token(SECRET, &["--sub", "reader-agent", "--scope", "read:*", "--tier", "agent"])),
     ];
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let stream_client = reqwest::Client::new();
+    let client = storyline_testkit::http_client_builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let stream_client = storyline_testkit::http_client();
     let mut load = Load::default();
     let stream_url = |story: &str| format!("{base}/v1/stories/{story}/stream");
     let events_url = |story: &str| format!("{base}/v1/stories/{story}/events");

@@ -249,11 +249,12 @@ async fn a_reconnect_storm_is_admitted_at_the_configured_rate_and_no_reader_lose
     let (mut a, base_a) = serve(&redis, 0, &logs.path().join("a.log")).await;
     let (_b, base_b) = serve(&redis, ADMISSIONS_PER_SEC, &logs.path().join("b.log")).await;
     let token = mint_token(SECRET, &["--sub", "storm", "--scope", "read:* write:*", "--tier", "admin"]);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(READERS).build().unwrap();
+    let client = storyline_testkit::http_client_builder().pool_max_idle_per_host(READERS).build().unwrap();
 
     // 1. B's publish latency with nothing else going on.
     let (stop_baseline, stopped) = watch::channel(false);
-    let baseline = on_own_thread(publish(reqwest::Client::new(), base_b.clone(), token.clone(), "baseline", stopped));
+    let baseline =
+        on_own_thread(publish(storyline_testkit::http_client(), base_b.clone(), token.clone(), "baseline", stopped));
     tokio::time::sleep(Duration::from_secs(3)).await; // a measuring window, not a wait for a condition
     stop_baseline.send(true).unwrap();
     let (_, unloaded) = baseline.await.unwrap().unwrap();
@@ -284,7 +285,8 @@ async fn a_reconnect_storm_is_admitted_at_the_configured_rate_and_no_reader_lose
 
     // 3. Publish to B throughout; after a second, kill A.
     let (stop_publishing, publishing) = watch::channel(false);
-    let publisher = on_own_thread(publish(reqwest::Client::new(), base_b.clone(), token.clone(), "storm", publishing));
+    let publisher =
+        on_own_thread(publish(storyline_testkit::http_client(), base_b.clone(), token.clone(), "storm", publishing));
     poll_until("readers on A receive events", Duration::from_secs(30), || async {
         readers.iter().all(|r| !r.lock().unwrap().ids.is_empty()).then_some(())
     })

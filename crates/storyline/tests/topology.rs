@@ -265,7 +265,7 @@ impl Topology {
         let (a, b) = tokio::task::spawn_blocking(move || (Instance::start(&url), Instance::start(&url))).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let nginx = Nginx::start(&tools.nginx, &dir.path().join("nginx"), [a.address(), b.address()]).await;
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap();
+        let client = storyline_testkit::http_client_builder().connect_timeout(Duration::from_secs(5)).build().unwrap();
         let writer = mint_token(SECRET, &["--sub", "writer", "--scope", "write:* read:*", "--tier", "agent"]);
         let reader = mint_token(SECRET, &["--sub", "reader", "--scope", "read:*"]);
         let topology = Self { _redis: redis, instances: [a, b], nginx, dir, client, writer, reader };
@@ -553,7 +553,7 @@ async fn a_reader_that_stops_reading_pushes_back_through_nginx_and_storyline_cut
 async fn storyline_believes_the_client_address_nginx_forwards_and_only_that() {
     let Some(tools) = tools() else { return };
     let t = Topology::start(&tools).await;
-    let from = |ip: IpAddr| reqwest::Client::builder().local_address(ip).build().unwrap();
+    let from = |ip: IpAddr| storyline_testkit::http_client_builder().local_address(ip).build().unwrap();
     let status = |client: reqwest::Client, url: String, forwarded: Option<&'static str>| async move {
         let mut request = client.get(url);
         if let Some(value) = forwarded {
@@ -676,7 +676,7 @@ impl Prometheus {
         }
         let config_file = config_dir.join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let client = storyline_testkit::http_client_builder().timeout(Duration::from_secs(10)).build().unwrap();
         let (process, base) = common::start_prometheus(prometheus, &config_file, dir).await;
         Self { _process: process, base, client }
     }

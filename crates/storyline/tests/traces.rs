@@ -162,7 +162,7 @@ async fn one_trace_follows_an_event_from_ingress_on_one_instance_to_delivery_on_
     let (_a, a_logs, a) = serve(&redis, &otel, "a");
     let (_b, _b_logs, b) = serve(&redis, &otel, "b");
     let token = token();
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
 
     let mut stream = client.get(format!("{b}/v1/stories/traced/stream")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(stream.status(), 200);
@@ -218,7 +218,7 @@ async fn with_the_collector_down_the_service_works_and_counts_the_dropped_spans(
     let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
     let (_a, _logs, a) = serve(&redis, &otel, "down");
     let token = token();
-    let client = reqwest::Client::new();
+    let client = storyline_testkit::http_client();
     let mut stream = client.get(format!("{a}/v1/stories/traced/stream")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     post(&client, &a, &token, r#"{"type":"chapter","data":"unexported"}"#, None).await;

@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn the_log_notices_repeated_keys_and_ids_going_backwards() {
         let mut follow = Follow {
-            http: reqwest::Client::new(),
+            http: storyline_client::http_client_builder().unwrap().build().unwrap(),
             url: String::new(),
             minter: Minter::new("0123456789abcdef", "read:*".into(), 60),
             seen: HashSet::new(),

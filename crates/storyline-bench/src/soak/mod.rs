@@ -181,7 +181,8 @@ pub async fn run(config: SoakConfig) -> anyhow::Result<SoakReport> {
     let deadline = started + Duration::from_secs_f64(config.max_secs);
     let stories: Vec<String> = (0..config.stories).map(|i| format!("{}{i}", config.story_prefix)).collect();
     let minter = Minter::new(&config.jwt_secret, format!("read:{}*", config.story_prefix), config.token_ttl_secs);
-    let http = reqwest::Client::builder()
+    let http = storyline_client::http_client_builder()
+        .context("the HTTP client's TLS")?
         .timeout(Duration::from_secs(10))
         .no_proxy()
         .build()

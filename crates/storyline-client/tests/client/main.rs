@@ -7,3 +7,4 @@ mod errors;
 mod history;
 mod publish;
 mod subscribe;
+mod tls;

@@ -60,7 +60,7 @@ async fn only_the_reader_routes_carry_the_page_policy_the_api_keeps_its_strict_o
 
 async fn the_root_redirects_to_the_reader(kind: Kind) {
     let app = spawn(kind).await;
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = storyline_testkit::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let response = client.get(app.url("/")).send().await.unwrap();
     assert!([302, 303].contains(&response.status().as_u16()), "a redirect: {}", response.status());
     assert_eq!(header(&response, "location"), "/reader");

@@ -83,6 +83,6 @@ async fn with_a_certificate_configured_storyline_serves_https_with_http2_and_str
     .unwrap();
 
     // No plaintext on the TLS port.
-    let plain = reqwest::Client::new().get(format!("http://{addr}/healthz")).send().await;
+    let plain = storyline_testkit::http_client().get(format!("http://{addr}/healthz")).send().await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP is not served on the TLS port");
 }

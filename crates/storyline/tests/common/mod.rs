@@ -170,7 +170,7 @@ pub(crate) async fn start_prometheus(
     config_file: &std::path::Path,
     dir: &std::path::Path,
 ) -> (Running, String) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = storyline_testkit::http_client_builder().timeout(Duration::from_secs(10)).build().unwrap();
     for attempt in 1..=5 {
         let port = storyline_testkit::free_port();
         let log_file = dir.join(format!("prometheus-{attempt}.log"));

@@ -249,8 +249,10 @@ impl Cluster {
             let writer_token =
                 common::mint_token(SECRET, &["--sub", "writer", "--scope", "read:* write:*", "--tier", "admin"]);
             let reader_token = common::mint_token(SECRET, &["--sub", "reader", "--scope", "read:*"]);
-            let client =
-                reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build().expect("an HTTP client");
+            let client = storyline_testkit::http_client_builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client");
             Self { redis, instances, endpoints, env: all, writer_token, reader_token, client }
         })
         .await
