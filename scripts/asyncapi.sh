@@ -35,12 +35,6 @@ if ! node_ok; then
 fi
 
 # Install exactly the locked packages, when node_modules is missing or was installed from another lock file.
-lock_sum="$(sha256sum "$DIR/package-lock.json" | cut -d' ' -f1)"
-stamp="$DIR/node_modules/.storyline-lock-sha256"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
-  echo "asyncapi.sh: npm ci in $DIR (from package-lock.json)" >&2
-  (cd "$DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
-  echo "$lock_sum" >"$stamp"
-fi
+npm_ci_locked "$DIR"
 
 exec node "$DIR/validate.mjs" "$DIR/storyline.yaml"

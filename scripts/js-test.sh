@@ -47,13 +47,7 @@ fi
 
 # Exactly the locked packages (playwright-core), again only when package-lock.json changed; never a browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
-lock_sum="$(sha256sum "$DIR/package-lock.json" | cut -d' ' -f1)"
-stamp="$DIR/node_modules/.storyline-lock-sha256"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
-  echo "js-test.sh: npm ci in $DIR (from package-lock.json)" >&2
-  (cd "$DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
-  echo "$lock_sum" >"$stamp"
-fi
+npm_ci_locked "$DIR"
 
 if [ -z "${STORYLINE_BIN:-}" ]; then
   STORYLINE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/storyline"

@@ -47,3 +47,16 @@ node_ok() {
   major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
   [ "${major:-0}" -ge "$MIN_NODE_MAJOR" ]
 }
+
+# Installs exactly the packages of DIR/package-lock.json (`npm ci`, no install scripts), again only when
+# node_modules is missing or was installed from another lock file.
+npm_ci_locked() {
+  local dir="$1" lock_sum stamp
+  lock_sum="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  stamp="$dir/node_modules/.storyline-lock-sha256"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
+    echo "$(basename "$0"): npm ci in $dir (from package-lock.json)" >&2
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$lock_sum" >"$stamp"
+  fi
+}
