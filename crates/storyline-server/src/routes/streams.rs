@@ -160,6 +160,11 @@ fn join(stories: &[StoryId]) -> String {
 /// The cursor as the `id:` field carries it: one position per story, `0` for "from the oldest retained".
 fn render_cursor(positions: &[EventId]) -> String {
     let mut out = String::with_capacity(positions.len() * 24);
+    write_cursor(&mut out, positions);
+    out
+}
+
+fn write_cursor(out: &mut String, positions: &[EventId]) {
     for (i, position) in positions.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -171,15 +176,14 @@ fn render_cursor(positions: &[EventId]) -> String {
             let _ = write!(out, "{position}");
         }
     }
-    out
 }
 
 /// `id: <cursor>\n`, ended by a blank line (`\n`) for the id-only frame, or followed by a frame's shared fields.
+/// Per event and connection: the cursor is written straight into the one buffer sent (one allocation).
 pub(crate) fn cursor_line(positions: &[EventId], id_only: bool) -> Bytes {
-    let cursor = render_cursor(positions);
-    let mut line = String::with_capacity(cursor.len() + 6);
+    let mut line = String::with_capacity(positions.len() * 24 + 6);
     line.push_str("id: ");
-    line.push_str(&cursor);
+    write_cursor(&mut line, positions);
     line.push('\n');
     if id_only {
         line.push('\n');
