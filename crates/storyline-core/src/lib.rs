@@ -8,12 +8,14 @@
 //! - [`EventData`], [`NewEvent`], [`StoredEvent`], [`Envelope`]: what a writer sends, what a broker stores (the
 //!   envelope plus metadata readers never see), and what readers receive.
 //! - [`Broker`]: the port that the Redis and in-memory adapters implement; its docs are the contract.
+//! - [`RateLimitStore`]: the optional port for rate limits shared by every instance (offered by the Redis broker).
 
 mod broker;
 mod envelope;
 mod event_id;
 mod event_type;
 mod idempotency;
+mod rate_limit;
 mod story_id;
 
 pub use broker::{
@@ -24,4 +26,5 @@ pub use envelope::{Envelope, EventData, EventDataError, MAX_DATA_DEPTH, Metadata
 pub use event_id::{EventId, EventIdError};
 pub use event_type::{EventType, EventTypeError, GAP_EVENT, MAX_EVENT_TYPE_LEN, TOKEN_EXPIRED_EVENT};
 pub use idempotency::{IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
+pub use rate_limit::{RateDecision, RateLimitStore, RateSubject};
 pub use story_id::{MAX_STORY_ID_LEN, StoryId, StoryIdError};
