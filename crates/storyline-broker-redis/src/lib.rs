@@ -15,10 +15,17 @@
 //!   [`BrokerError::Unavailable`] instead of hanging while Redis is away; the client reconnects with backoff and
 //!   open tails continue from where they were once it is back.
 //!
+//! - **Scripts**: loaded into Redis at connect and again after every reconnect ([`scripts`]), so no request
+//!   waits on (or fails for) a `NOSCRIPT` after a restart.
+//! - **Rate limits**: a [`RateLimitStore`](storyline_core::RateLimitStore) shared by every instance on this Redis,
+//!   one GCRA script call per limit ([`limits`]).
+//!
 //! Keys are laid out in [`keys`]; the stored form of an event in [`codec`]. Redis 6.2 or newer is required (checked at connect).
 
 mod codec;
 mod keys;
+mod limits;
+mod scripts;
 mod tailer;
 
 use std::{sync::Arc, time::Duration};
@@ -171,8 +178,25 @@ impl RedisBroker {
         // The tailer's connection blocks in XREAD (on a cluster: carries its polls, one connection per primary); it
         // must never carry other traffic.
         let reader = builder.build().map_err(unavailable)?;
-        for client in pool.clients() {
+        let mode = if reader.is_clustered() {
+            tailer::ReadMode::PollBySlot(config.cluster_poll_interval)
+        } else {
+            tailer::ReadMode::Block(config.block)
+        };
+        let tailer = tailer::Tailer::start(reader.clone(), mode);
+        let inner = Arc::new(Inner {
+            pool,
+            retention: config.retention,
+            append: Script::from_lua(APPEND_LUA),
+            bounds: Script::from_lua(BOUNDS_LUA),
+            read: Script::from_lua(READ_LUA),
+            tailer,
+        });
+        let pool = &inner.pool;
+        for (index, client) in pool.clients().iter().enumerate() {
             log_connection_events(client, "pool");
+            // Registered before connecting: the first connection is announced too, and every later one.
+            scripts::reload_on_reconnect(client, index, Arc::downgrade(&inner));
         }
         log_connection_events(&reader, "tailer");
         let _pool_task = pool.connect();
@@ -182,29 +206,23 @@ impl RedisBroker {
             reader.wait_for_connect().await
         };
         match tokio::time::timeout(config.command_timeout, connected).await {
-            Ok(Ok(())) => check_version(&pool).await?,
+            Ok(Ok(())) => {
+                check_version(pool).await?;
+                // The reconnect listeners load them too, but in the background: the broker is handed out only
+                // once every connection's server has them.
+                for client in pool.clients() {
+                    if let Err(e) = scripts::load_all(client).await {
+                        tracing::warn!(error = %e, "loading the Lua scripts failed; they load on first use instead");
+                    }
+                }
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "Redis connection failed; retrying in the background"),
             Err(_) => tracing::warn!(
                 timeout = ?config.command_timeout,
                 "Redis is not reachable yet; starting not-ready and retrying in the background"
             ),
         }
-        let mode = if reader.is_clustered() {
-            tailer::ReadMode::PollBySlot(config.cluster_poll_interval)
-        } else {
-            tailer::ReadMode::Block(config.block)
-        };
-        let tailer = tailer::Tailer::start(reader, mode);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool,
-                retention: config.retention,
-                append: Script::from_lua(APPEND_LUA),
-                bounds: Script::from_lua(BOUNDS_LUA),
-                read: Script::from_lua(READ_LUA),
-                tailer,
-            }),
-        })
+        Ok(Self { inner })
     }
 
     /// A pooled connection for a request, or `Unavailable` at once if it is known to be down: a client waiting on
@@ -298,6 +316,10 @@ impl Broker for RedisBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         self.request_client()?.ping::<()>(None).await.map_err(unavailable)
+    }
+
+    fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
+        Some(Arc::new(limits::RedisRateLimits::new(self.clone())))
     }
 }
 
