@@ -315,11 +315,34 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.request_client()?.ping::<()>(None).await.map_err(unavailable)
+        let client = self.request_client()?;
+        if client.is_clustered() {
+            ping_every_primary(client).await
+        } else {
+            client.ping::<()>(None).await.map_err(unavailable)
+        }
     }
 
     fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
         Some(Arc::new(limits::RedisRateLimits::new(self.clone())))
+    }
+}
+
+/// Readiness on a cluster: every primary answers a `PING` over its own connection, concurrently. Any story may
+/// live on any primary, so one primary down is not ready; the error names each primary that failed.
+async fn ping_every_primary(client: &Client) -> Result<(), BrokerError> {
+    let primaries = client.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
+    if primaries.is_empty() {
+        return Err(BrokerError::Unavailable("Redis Cluster topology not known yet (connecting)".into()));
+    }
+    let pings = primaries.iter().map(|server| async move {
+        client.with_cluster_node(server).ping::<()>(None).await.map_err(|e| format!("primary {server}: {e}"))
+    });
+    let failed: Vec<String> = futures::future::join_all(pings).await.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(BrokerError::Unavailable(format!("Redis Cluster not ready: {}", failed.join("; "))))
     }
 }
 

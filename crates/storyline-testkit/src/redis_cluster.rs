@@ -39,9 +39,15 @@ impl RedisCluster {
     /// Starts three masters on free ports and joins them into one cluster covering every slot; returns once every
     /// node reports `cluster_state:ok`.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisCluster::start`] with extra `redis-server` options for every node (e.g. `--cluster-node-timeout`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let options: Vec<&str> = NODE_OPTIONS.iter().chain(extra).copied().collect();
         let mut last_error = String::new();
         for _ in 0..3 {
-            let nodes = (0..MASTERS).map(|_| RedisServer::start_on(NODE_OPTIONS, free_port_with_bus)).collect();
+            let nodes = (0..MASTERS).map(|_| RedisServer::start_on(&options, free_port_with_bus)).collect();
             let cluster = Self { nodes };
             match cluster.form() {
                 Ok(()) => return cluster,
@@ -57,6 +63,11 @@ impl RedisCluster {
         let (first, rest) = self.nodes.split_first().expect("a cluster has nodes");
         let others: Vec<String> = rest.iter().map(|n| format!("node=127.0.0.1:{}", n.port())).collect();
         format!("redis-cluster://127.0.0.1:{}?{}", first.port(), others.join("&"))
+    }
+
+    /// The master listening on `port` (one of [`RedisCluster::ports`]), e.g. to [`RedisServer::pause`] it.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes.iter().find(|n| n.port() == port).unwrap_or_else(|| panic!("no cluster node on port {port}"))
     }
 
     /// The client ports of the masters.
