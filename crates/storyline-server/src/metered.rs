@@ -79,4 +79,8 @@ impl Broker for MeteredBroker {
         let started = Instant::now();
         observe("ping", started, self.0.ping().await)
     }
+
+    fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
+        self.0.rate_limits()
+    }
 }
