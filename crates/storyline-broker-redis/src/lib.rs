@@ -27,6 +27,7 @@ mod keys;
 mod limits;
 mod scripts;
 mod tailer;
+mod unreachable;
 
 use std::{sync::Arc, time::Duration};
 
@@ -94,6 +95,8 @@ struct Inner {
     bounds: Script,
     read: Script,
     tailer: tailer::Tailer,
+    /// Servers the pool lost and has not got back (named when nothing is connected).
+    unreachable: unreachable::Unreachable,
 }
 
 /// Redis replies that mean "not now" rather than "never".
@@ -191,10 +194,12 @@ impl RedisBroker {
             bounds: Script::from_lua(BOUNDS_LUA),
             read: Script::from_lua(READ_LUA),
             tailer,
+            unreachable: unreachable::Unreachable::default(),
         });
         let pool = &inner.pool;
         for (index, client) in pool.clients().iter().enumerate() {
             log_connection_events(client, "pool");
+            inner.unreachable.watch(client, index);
             // Registered before connecting: the first connection is announced too, and every later one.
             scripts::reload_on_reconnect(client, index, Arc::downgrade(&inner));
         }
@@ -234,12 +239,12 @@ impl RedisBroker {
         if next.is_connected() {
             return Ok(next);
         }
-        self.inner
-            .pool
-            .clients()
-            .iter()
-            .find(|c| c.is_connected())
-            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis (reconnecting)".into()))
+        self.inner.pool.clients().iter().find(|c| c.is_connected()).ok_or_else(|| {
+            BrokerError::Unavailable(format!(
+                "not connected to Redis (reconnecting){}",
+                self.inner.unreachable.describe()
+            ))
+        })
     }
 }
 
@@ -317,7 +322,7 @@ impl Broker for RedisBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         let client = self.request_client()?;
         if client.is_clustered() {
-            ping_every_primary(client).await
+            ping_every_primary(client, &self.inner.unreachable).await
         } else {
             client.ping::<()>(None).await.map_err(unavailable)
         }
@@ -329,8 +334,9 @@ impl Broker for RedisBroker {
 }
 
 /// Readiness on a cluster: every primary answers a `PING` over its own connection, concurrently. Any story may
-/// live on any primary, so one primary down is not ready; the error names each primary that failed.
-async fn ping_every_primary(client: &Client) -> Result<(), BrokerError> {
+/// live on any primary, so one primary down is not ready; the error names each primary that failed (and the
+/// servers the pool has lost: while fred reconnects a cluster client, every node times out).
+async fn ping_every_primary(client: &Client, unreachable: &unreachable::Unreachable) -> Result<(), BrokerError> {
     let primaries = client.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
     if primaries.is_empty() {
         return Err(BrokerError::Unavailable("Redis Cluster topology not known yet (connecting)".into()));
@@ -342,7 +348,11 @@ async fn ping_every_primary(client: &Client) -> Result<(), BrokerError> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(BrokerError::Unavailable(format!("Redis Cluster not ready: {}", failed.join("; "))))
+        Err(BrokerError::Unavailable(format!(
+            "Redis Cluster not ready: {}{}",
+            failed.join("; "),
+            unreachable.describe()
+        )))
     }
 }
 

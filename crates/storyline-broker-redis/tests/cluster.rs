@@ -423,3 +423,54 @@ async fn a_stopped_master_fails_readiness_by_name_and_does_not_hold_back_tails_o
     }
     broker.ping().await.expect("ready again");
 }
+
+/// A master whose process is killed refuses connections, and fred then reconnects the whole cluster client, so
+/// nothing answers: readiness still names the master that is gone. Once it is back (same port, same cluster
+/// identity, empty script cache), the broker is ready again and that master has every script before any append
+/// is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_readiness_by_name_and_once_back_has_every_script_before_any_append() {
+    // Arrange
+    let mut cluster = RedisCluster::start_with(&["--cluster-node-timeout", "120000"]);
+    let config = RedisConfig { command_timeout: Duration::from_secs(1), ..RedisConfig::new(cluster.url()) };
+    let broker = RedisBroker::connect(config).await.expect("connect to the test's cluster");
+    broker.ping().await.expect("ready while every master answers");
+    let killed = cluster.ports()[0];
+
+    // Act
+    cluster.kill_node(killed);
+
+    // Assert: once the client is reconnecting (nothing answers; before that the ping of each master fails on its
+    // own), readiness still says which master is gone.
+    let why = storyline_testkit::poll_until("readiness fails as not connected", ITEM, || {
+        let broker = &broker;
+        async move {
+            match broker.ping().await {
+                Err(BrokerError::Unavailable(why)) if why.starts_with("not connected") => Some(why),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(why.contains(&format!("127.0.0.1:{killed}")), "the killed master is named: {why}");
+    for port in cluster.ports().into_iter().filter(|p| *p != killed) {
+        assert!(!why.contains(&format!("lost: 127.0.0.1:{port}")), "a healthy master is not reported lost: {why}");
+    }
+
+    // Act: the master comes back.
+    cluster.restart_node(killed);
+
+    // Assert: ready again, the scripts are on it before anything is sent, and appends go through everywhere.
+    storyline_testkit::poll_until("ready again", Duration::from_secs(30), || {
+        let broker = &broker;
+        async move { broker.ping().await.ok() }
+    })
+    .await;
+    storyline_testkit::poll_until("the scripts on the restarted master", ITEM, || async move {
+        has_every_script(killed).await.then_some(())
+    })
+    .await;
+    for s in &stories_across_the_cluster() {
+        append(&broker, s, 1).await;
+    }
+}
