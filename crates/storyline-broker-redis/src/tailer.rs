@@ -400,14 +400,21 @@ async fn poll_loop(shared: std::sync::Weak<Shared>, interval: Duration) {
             }
         }
         drop(strong);
-        let next_due = schedules.values().map(|s| s.due).min().unwrap_or(now + IDLE);
+        // With every read slot taken, a due group waits for a read to complete, not for a time (which has passed).
+        let next_due = if in_flight.len() < CONCURRENT_SLOT_READS {
+            schedules.values().map(|s| s.due).min().unwrap_or(now + IDLE)
+        } else {
+            now + IDLE
+        };
         tokio::select! {
             Some((slot, read)) = in_flight.next() => {
                 let now = tokio::time::Instant::now();
                 let result = match read {
                     Ok((batches, trimmed)) => {
                         let Some(strong) = shared.upgrade() else { return };
-                        let full = batches.iter().any(|(_, events)| u64::try_from(events.len()).unwrap_or(u64::MAX) >= READ_COUNT);
+                        let full = batches
+                            .iter()
+                            .any(|(_, events)| u64::try_from(events.len()).unwrap_or(u64::MAX) >= READ_COUNT);
                         publish(&strong, batches, &trimmed);
                         Ok(full)
                     }
@@ -420,7 +427,12 @@ async fn poll_loop(shared: std::sync::Weak<Shared>, interval: Duration) {
                             schedule.due = if full { now } else { now + interval };
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, slot, "redis tail read failed for one slot group; retrying it");
+                            // Once per outage of the group, not once per retry.
+                            if schedule.failing() {
+                                tracing::debug!(error = %e, slot, "redis tail read failed again for one slot group");
+                            } else {
+                                tracing::warn!(error = %e, slot, "redis tail read failed for a slot group; retrying");
+                            }
                             schedule.due = now + schedule.backoff;
                             schedule.backoff = next_backoff(schedule.backoff);
                         }
