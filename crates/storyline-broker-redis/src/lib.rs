@@ -14,7 +14,6 @@
 //! - **Failure**: every command has a timeout (`command_timeout`), so a request fails with
 //!   [`BrokerError::Unavailable`] instead of hanging while Redis is away; the client reconnects with backoff and
 //!   open tails continue from where they were once it is back.
-//!
 //! - **Scripts**: loaded into Redis at connect and again after every reconnect ([`scripts`]), so no request
 //!   waits on (or fails for) a `NOSCRIPT` after a restart.
 //! - **Rate limits**: a [`RateLimitStore`](storyline_core::RateLimitStore) shared by every instance on this Redis,
