@@ -218,8 +218,10 @@ const MAX_WORKERS: usize = 512;
 /// through Sentinel.
 const REDIS_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://", "redis-cluster://", "redis-sentinel://"];
 /// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern; the probe's
-/// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings).
-const NOT_SETTINGS: &[&str] = &["config", "probe_token"];
+/// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings;
+/// `STORYLINE_URL` and `STORYLINE_TOKEN` are the clients' (the agent example and the client docs read them), and an
+/// agent's environment may hold them next to a local `serve` or `storyline token`).
+const NOT_SETTINGS: &[&str] = &["config", "probe_token", "url", "token"];
 const NUMERIC: &[&str] = &[
     "heartbeat_secs",
     "retention_max_events",
@@ -702,6 +704,17 @@ mod tests {
     fn the_probe_token_variable_is_not_an_unknown_setting() {
         let s = Settings::load(None, env(&[("STORYLINE_PROBE_TOKEN", "a.b.c"), ("STORYLINE_HEARTBEAT_SECS", "7")]));
         assert_eq!(s.map(|s| s.heartbeat_secs).ok(), Some(7), "serve starts with STORYLINE_PROBE_TOKEN set");
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_unknown_settings() {
+        let vars = [
+            ("STORYLINE_URL", "http://127.0.0.1:8080"),
+            ("STORYLINE_TOKEN", "a.b.c"),
+            ("STORYLINE_HEARTBEAT_SECS", "7"),
+        ];
+        let s = Settings::load(None, env(&vars));
+        assert_eq!(s.map(|s| s.heartbeat_secs).ok(), Some(7), "serve starts with the client's variables set");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
