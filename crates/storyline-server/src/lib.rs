@@ -34,5 +34,5 @@ pub use config::{
     MAX_STORIES_PER_STREAM, MetricsToken, RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit,
 };
 pub use error::{ApiError, Problem};
-pub use meters::trace_spans_dropped;
+pub use meters::{SpanDrop, trace_spans_dropped};
 pub use startup::{Application, Shutdown};
