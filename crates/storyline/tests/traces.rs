@@ -111,6 +111,21 @@ async fn start_collector(collector: Collector) -> String {
     endpoint
 }
 
+/// The same receiver over TLS with the test certificate (signed by the test CA); returns its `https://` endpoint.
+async fn start_tls_collector(collector: Collector) -> String {
+    use tonic::transport::{Identity, ServerTlsConfig};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let cert = std::fs::read(storyline_testkit::fixture("tls-cert.pem")).unwrap();
+    let key = std::fs::read(storyline_testkit::fixture("tls-key.pem")).unwrap();
+    let server = tonic::transport::Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        .unwrap()
+        .add_service(TraceServiceServer::new(collector));
+    tokio::spawn(server.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    endpoint
+}
+
 /// `storyline serve` on a free port of one Redis, exporting traces as `otel` says, as service instance `id`.
 fn serve(redis: &RedisServer, otel: &[(&str, &str)], id: &str) -> (Running, std::sync::mpsc::Receiver<String>, String) {
     let attributes = format!("service.instance.id={id}");
@@ -299,6 +314,28 @@ async fn spans_reach_an_https_collector_whose_ca_is_named_in_otel_exporter_otlp_
     let failed =
         storyline_testkit::metric_value(&text, "storyline_trace_spans_dropped_total{reason=\"export_failed\"}");
     assert_eq!(failed, Some(0.0), "no export failed over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_grpc_collector_whose_ca_is_named_in_otel_exporter_otlp_certificate() {
+    let collector = Collector::default();
+    let endpoint = start_tls_collector(collector.clone()).await;
+    let redis = RedisServer::start();
+    let ca = storyline_testkit::fixture("tls-ca.pem");
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+    ];
+    let (_a, _logs, a) = serve(&redis, &otel, "grpc-tls");
+    let token = token();
+    let client = storyline_testkit::http_client();
+    post(&client, &a, &token, r#"{"type":"chapter","data":"over-grpc-tls"}"#, None).await;
+    poll_until("the POST's request span arrives at the gRPC collector over TLS", WAIT, || {
+        let arrived = collector.spans.lock().unwrap().iter().any(|s| s.name == "POST /v1/stories/{story}/events");
+        async move { arrived.then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
