@@ -31,8 +31,8 @@ pub mod telemetry;
 pub mod tls;
 
 pub use config::{
-    MAX_STORIES_PER_STREAM, RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit,
+    MAX_STORIES_PER_STREAM, MetricsToken, RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit,
 };
 pub use error::{ApiError, Problem};
-pub use meters::trace_spans_dropped;
+pub use meters::{SpanDrop, trace_spans_dropped};
 pub use startup::{Application, Shutdown};

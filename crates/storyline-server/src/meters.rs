@@ -163,10 +163,13 @@ fn describe() {
     describe_counter!(
         TRACE_SPANS_DROPPED,
         Unit::Count,
-        "Trace spans dropped because their batch failed to export (collector down or refusing); the service is \
-         unaffected."
+        "Trace spans dropped, by reason: export_failed (their batch failed to export: collector down or \
+         refusing), queue_full (ended while the export queue was full: the collector is slower than the spans \
+         come); the service is unaffected."
     );
-    ::metrics::counter!(TRACE_SPANS_DROPPED).absolute(0);
+    for reason in SpanDrop::ALL {
+        ::metrics::counter!(TRACE_SPANS_DROPPED, "reason" => reason.as_str()).absolute(0);
+    }
     describe_gauge!(
         RUNTIME_ALIVE_TASKS,
         Unit::Count,
@@ -514,10 +517,31 @@ impl storyline_hub::Observer for HubMeters {
     }
 }
 
-/// Counts trace spans dropped by a failed export.
-pub fn trace_spans_dropped(spans: usize) {
+/// Why trace spans were dropped (the `reason` label of `storyline_trace_spans_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanDrop {
+    /// Their batch was handed to the exporter, which failed.
+    ExportFailed,
+    /// They ended while the export queue was full, and never entered it.
+    QueueFull,
+}
+
+impl SpanDrop {
+    const ALL: [Self; 2] = [Self::ExportFailed, Self::QueueFull];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExportFailed => "export_failed",
+            Self::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// Counts trace spans dropped, and why.
+pub fn trace_spans_dropped(reason: SpanDrop, spans: usize) {
     let _ = handle();
-    ::metrics::counter!(TRACE_SPANS_DROPPED).increment(u64::try_from(spans).unwrap_or(u64::MAX));
+    ::metrics::counter!(TRACE_SPANS_DROPPED, "reason" => reason.as_str())
+        .increment(u64::try_from(spans).unwrap_or(u64::MAX));
 }
 
 /// Records one delivery of `frame`: counted, and its latency from ingress accept to now.

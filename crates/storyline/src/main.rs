@@ -244,10 +244,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let addr = settings.listen_addr()?;
     let listener = listen(addr).with_context(|| format!("could not listen on {addr}"))?;
+    let metrics_listener = match settings.metrics_listen_addr()? {
+        Some(addr) => Some(listen(addr).with_context(|| format!("could not listen on {addr} (metrics_listen)"))?),
+        None => None,
+    };
     let config = settings.server_config(secret.clone())?;
-    let app = Application::build(config, broker, listener)?;
+    let metrics_token = config.metrics_token.is_some();
+    let app = Application::build_with_metrics_listener(config, broker, listener, metrics_listener)?;
     let bound = app.local_addr();
     tracing::info!(address = %bound, "listening");
+    match app.metrics_addr() {
+        Some(metrics) => {
+            tracing::info!(metrics_address = %metrics, metrics_token, "/metrics served on its own address only");
+        }
+        None => tracing::info!(metrics_token, "metrics served on the main listener at /metrics"),
+    }
     if ephemeral && settings.jwks().is_none() {
         print_quickstart(&secret, settings.token_rules(), bound)?;
     }

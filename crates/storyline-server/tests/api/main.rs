@@ -9,6 +9,7 @@ mod garbage;
 mod history;
 mod jwks;
 mod limits;
+mod metrics_access;
 mod operations;
 mod publish;
 mod reader;
