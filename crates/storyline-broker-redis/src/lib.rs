@@ -91,6 +91,9 @@ struct Inner {
 
 /// Redis replies that mean "not now" rather than "never".
 const TRANSIENT_REPLIES: &[&str] = &["LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+/// fred's own errors (of kind `Unknown`) that mean the command found no connection, so it was never sent: seen as
+/// a 500 on the first append after Redis went away, when it is an outage like any other.
+const TRANSIENT_CLIENT_ERRORS: &[&str] = &["Failed to route command"];
 
 /// Maps a fred error: connection trouble and transient server states are `Unavailable` (clients get 503 and
 /// retry); any other error reply is `Rejected` (500), because retrying a script error or a wrong-type key forever
@@ -102,7 +105,7 @@ pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
         K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing | K::Sentinel | K::Auth
     );
     let details = e.details();
-    if transient_kind || TRANSIENT_REPLIES.iter().any(|p| details.starts_with(p)) {
+    if transient_kind || TRANSIENT_REPLIES.iter().chain(TRANSIENT_CLIENT_ERRORS).any(|p| details.starts_with(p)) {
         BrokerError::Unavailable(e.to_string())
     } else {
         BrokerError::Rejected(e.to_string())
@@ -401,6 +404,8 @@ mod tests {
             let e = Error::new(ErrorKind::Unknown, reply);
             assert!(matches!(unconfirmed(e), BrokerError::Unavailable(_)), "{reply}");
         }
+        let e = Error::new(ErrorKind::Unknown, "Failed to route command.");
+        assert!(matches!(unconfirmed(e), BrokerError::Unavailable(_)), "no connection to send it on: not sent");
         let e = Error::new(ErrorKind::Unknown, "WRONGTYPE Operation against a key holding the wrong kind of value");
         assert!(matches!(unconfirmed(e), BrokerError::Rejected(_)));
     }
