@@ -409,6 +409,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn abandoned_stories_are_swept_away_after_their_ttl() {
+        let ttl = Duration::from_millis(50);
+        let broker = MemoryBroker::new(Retention { story_ttl: Some(ttl), ..Retention::default() });
+        let key = IdempotencyKey::parse("k").unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..100 {
+            let idem = Idempotency::for_event(key.clone(), &event());
+            broker
+                .append(&story(&format!("abandoned-{n}")), event(), Some(&idem))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(stories(&broker), 100);
+        // Nobody looks at the abandoned stories again: only the sweep that runs with appends elsewhere can free them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stories(&broker) > 1 {
+            assert!(Instant::now() < deadline, "{} abandoned stories were never swept", stories(&broker) - 1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            broker.append(&story("busy"), event(), None).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(broker.existing_log(&story("busy")).is_some(), "the story in use is kept");
+        assert!(lock(&broker.inner.key_expiry).len() <= 100, "the key queue does not grow past the keys stored");
+        assert!(lock(&broker.inner.story_expiry).len() <= 1, "one queue entry per story left");
+    }
+
+    #[tokio::test]
     async fn idempotency_keys_of_idle_stories_expire_too() {
         let window = Duration::from_millis(50);
         let broker = MemoryBroker::new(Retention { idempotency_window: window, ..Retention::default() });
