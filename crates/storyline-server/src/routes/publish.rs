@@ -56,7 +56,7 @@ struct Body<'a> {
         (status = 415, description = "Content-Type is not application/json", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body is JSON but not a valid event (shape, or event type invalid or reserved: `invalid-event`), or the Idempotency-Key was already used on this story for a different event (`idempotency-key-mismatch`; nothing was appended, and retrying will not help: use a new key)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Publish rate exceeded: per principal (by tier) or per story (`rate-limited`); see Retry-After. Nothing was appended", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable (`unavailable`): nothing was stored. Or the append was sent to the broker but not confirmed in time (`unconfirmed`): the event may have been stored, and a retry with the same Idempotency-Key answers 200 with its receipt if it was. See Retry-After", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Broker unavailable (`unavailable`): nothing was stored. Or the append was sent to the broker but not confirmed in time (`unconfirmed`): the event may have been stored, and a retry with the same Idempotency-Key answers 200 with its receipt if it was. See Retry-After: whole seconds drawn per response from [base, 2 x base] (base `STORYLINE_BROKER_RETRY_AFTER_SECS`, default 2), so writers turned away together do not return together", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
 )]
