@@ -85,7 +85,11 @@ export interface PublishOptions {
   baseUrl?: string;
   token?: string;
   getToken?: () => string | Promise<string>;
-  /** Sent as Idempotency-Key on every attempt; a random UUID when not given. */
+  /**
+   * Sent as Idempotency-Key on every attempt; a random UUID when not given. A key already used on the story for a
+   * different event is refused with a ProblemError 422 `idempotency-key-mismatch`, which is not retried (a new
+   * event needs a new key).
+   */
   idempotencyKey?: string;
   /** Attempts in all (default 6). */
   maxAttempts?: number;
@@ -122,7 +126,7 @@ export interface Problem {
 export class ProblemError extends StorylineError {
   readonly status: number;
   readonly problem: Problem;
-  /** The slug of `urn:storyline:problem:<slug>`, e.g. `draining`, `unconfirmed`, `rate-limited`. */
+  /** The slug of `urn:storyline:problem:<slug>`, e.g. `draining`, `unconfirmed`, `rate-limited`, `idempotency-key-mismatch`. */
   readonly problemType: string;
   readonly retryAfterMs: number | null;
 }

@@ -669,7 +669,9 @@ async function problemFrom(response) {
  * Appends one event to a story. Retries with the SAME Idempotency-Key (generated when none is given) on 503
  * (`unconfirmed`, `unavailable`, ...), 429 and network errors, waiting Retry-After (jittered) or a capped
  * exponential backoff with full jitter; a 401 with getToken refreshes the token once. Gives up after
- * `maxAttempts` with the last error (a ProblemError or a NetworkError).
+ * `maxAttempts` with the last error (a ProblemError or a NetworkError). Every other answer is permanent and thrown
+ * at once, among them 422 `idempotency-key-mismatch`: the key was already used on the story for a different event
+ * (nothing was stored, and repeating cannot help; a new event needs a new key).
  *
  * @param {string} story
  * @param {{type: string, data: unknown}} event
@@ -717,6 +719,7 @@ export async function publish(story, event, options = {}) {
         token = await options.getToken();
         delay = 0;
       } else if (response.status === 503 || response.status === 429) {
+        // Transient. Everything else (4xx, among them 422 idempotency-key-mismatch, and 500) is permanent.
         delay = error.retryAfterMs != null ? retryAfterDelay(error.retryAfterMs, random) : backoffDelay(attempt, backoff, random);
       } else {
         throw error;

@@ -118,6 +118,9 @@ problems! {
     BadCursor = "bad-cursor",
     /// 400: the `Idempotency-Key` is not 1 to 128 visible ASCII characters.
     BadIdempotencyKey = "bad-idempotency-key",
+    /// 422: the `Idempotency-Key` was already used on this story for a different event; nothing was stored. Not
+    /// retried: a new event needs a new key.
+    IdempotencyKeyMismatch = "idempotency-key-mismatch",
     /// 400: the body is not JSON.
     MalformedJson = "malformed-json",
     /// 400: the body ended before it was complete.

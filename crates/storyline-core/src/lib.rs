@@ -23,5 +23,5 @@ pub use broker::{
 pub use envelope::{Envelope, EventData, EventDataError, MAX_DATA_DEPTH, Metadata, NewEvent, Receipt, StoredEvent};
 pub use event_id::{EventId, EventIdError};
 pub use event_type::{EventType, EventTypeError, GAP_EVENT, MAX_EVENT_TYPE_LEN, TOKEN_EXPIRED_EVENT};
-pub use idempotency::{IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
+pub use idempotency::{Fingerprint, Idempotency, IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
 pub use story_id::{MAX_STORY_ID_LEN, StoryId, StoryIdError};

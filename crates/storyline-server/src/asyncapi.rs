@@ -195,7 +195,8 @@ A story's events as Server-Sent Events: one HTTP `GET` answered `200` with an en
 
 1. `retry: <ms>`: the reconnection delay for `EventSource`, `STORYLINE_RETRY_MS` plus up to 50% jitter per \
 connection, so that readers dropped together do not come back together.
-2. `gap`, when events due to the reader were trimmed by retention before it could get them.
+2. `gap`, when events due to the reader were trimmed by retention before it could get them, or went with their \
+story when it expired (`STORYLINE_STORY_TTL_SECS`).
 3. The story's events, in id order, one frame each (`id`, `event` = the event type, `data` = the envelope). \
 Later `gap` frames may come between them if the reader fell behind retention.
 4. `: keep-alive` comments every `STORYLINE_HEARTBEAT_SECS` (default 15), throughout.
@@ -304,7 +305,8 @@ cannot set headers); the header wins, and an empty value counts as none.
 
 When the resume point is older than the retained history (`STORYLINE_RETENTION_*`), a `gap` frame comes first: \
 `requested` is the id asked for, `resumed_from` the oldest retained event, delivered next. A resume id newer than \
-anything in the story (a reset store) also gets a `gap`, then the retained history. Never a silent hole. \
+anything in the story (a reset store) also gets a `gap`, then the retained history; so does a resume id of a story \
+that expired (`STORYLINE_STORY_TTL_SECS`) and started afresh. Never a silent hole. \
 `gap` and `token-expired` frames carry no `id`, so the client's last event id stays on the last event delivered: \
 reconnecting with it loses nothing.
 

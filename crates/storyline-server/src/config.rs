@@ -32,7 +32,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// Upper bound on one broker call made while answering a request; past it the request gets 503.
     pub broker_timeout: Duration,
-    /// Seconds a client is told to wait (`Retry-After`) when the broker is unavailable.
+    /// Base of the `Retry-After` (seconds) sent when the broker is unavailable (or did not confirm an append): each
+    /// such response carries a value drawn uniformly from `[base, 2 * base]`, so clients do not return in
+    /// lockstep. Draining and at-capacity answers send the base as it is.
     pub retry_after_secs: u32,
     /// After the drain window, how long in-flight requests get to finish before the server stops.
     pub shutdown_grace: Duration,

@@ -47,6 +47,11 @@ pub enum ApiError {
     CursorMismatch { positions: usize, stories: usize },
     #[error("{0}")]
     BadIdempotencyKey(#[from] IdempotencyKeyError),
+    #[error(
+        "this Idempotency-Key was already used on this story for a different event (type or data); nothing was \
+         appended. A retry must repeat the first request exactly; a new event needs a new key"
+    )]
+    IdempotencyKeyMismatch,
     #[error("request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("the request body ended before it was complete: {0}")]
@@ -126,6 +131,7 @@ impl ApiError {
             Self::TooManyStories { .. } => "too-many-stories",
             Self::CursorMismatch { .. } => "bad-cursor",
             Self::BadIdempotencyKey(_) => "bad-idempotency-key",
+            Self::IdempotencyKeyMismatch => "idempotency-key-mismatch",
             Self::MalformedJson(_) => "malformed-json",
             Self::IncompleteBody(_) => "incomplete-body",
             Self::UnsupportedMediaType => "unsupported-media-type",
@@ -155,6 +161,7 @@ impl ApiError {
             Self::TooManyStories { .. } => "Too many stories",
             Self::CursorMismatch { .. } => "Invalid resume cursor",
             Self::BadIdempotencyKey(_) => "Invalid Idempotency-Key",
+            Self::IdempotencyKeyMismatch => "Idempotency-Key reused",
             Self::MalformedJson(_) => "Malformed JSON",
             Self::IncompleteBody(_) => "Incomplete request body",
             Self::UnsupportedMediaType => "Unsupported media type",
@@ -193,6 +200,7 @@ impl ApiError {
         match e {
             BrokerError::Unavailable(cause) => Self::Unavailable { retry_after_secs, cause },
             BrokerError::Unconfirmed(cause) => Self::Unconfirmed { retry_after_secs, cause },
+            BrokerError::IdempotencyKeyMismatch => Self::IdempotencyKeyMismatch,
             other => Self::Internal(other.to_string()),
         }
     }
@@ -212,7 +220,9 @@ impl ResponseError for ApiError {
             | Self::IncompleteBody(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidEvent(_) | Self::BadEventType(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidEvent(_) | Self::BadEventType(_) | Self::IdempotencyKeyMismatch => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

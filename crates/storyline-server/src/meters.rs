@@ -270,7 +270,8 @@ fn collect_runtime_tasks() {
 pub(crate) fn broker_call(op: &'static str, seconds: f64, error: Option<&storyline_core::BrokerError>) {
     ::metrics::histogram!(BROKER_DURATION, "op" => op).record(seconds);
     match error {
-        None => ::metrics::gauge!(BROKER_UP).set(1.0),
+        // A reused Idempotency-Key is the client's fault, answered by a healthy broker: not a broker error.
+        None | Some(storyline_core::BrokerError::IdempotencyKeyMismatch) => ::metrics::gauge!(BROKER_UP).set(1.0),
         Some(error) => broker_error(op, error),
     }
 }

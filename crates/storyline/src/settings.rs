@@ -71,6 +71,12 @@ pub(crate) struct Settings {
     pub(crate) body_limit_bytes: usize,
     /// How long an Idempotency-Key is remembered, seconds.
     pub(crate) idempotency_window_secs: u64,
+    /// A story not appended to for this many seconds is forgotten: its events and idempotency keys expire
+    /// together (Redis: key expiry; memory: dropped). 0 = never (the default).
+    pub(crate) story_ttl_secs: u64,
+    /// Base of the `Retry-After` sent with a 503 while the broker is unavailable, seconds (1 to 300); each answer
+    /// carries a value drawn uniformly from [base, 2 x base].
+    pub(crate) broker_retry_after_secs: u64,
     /// Base of the jittered `retry:` hint sent to stream clients, milliseconds.
     pub(crate) retry_ms: u64,
     /// Upper bound on one broker call during a request, milliseconds (past it: 503).
@@ -162,6 +168,8 @@ impl Default for Settings {
             redis_cluster_poll_ms: 50,
             body_limit_bytes: 64 * 1024,
             idempotency_window_secs: 24 * 60 * 60,
+            story_ttl_secs: 0,
+            broker_retry_after_secs: 2,
             retry_ms: 2_000,
             broker_timeout_ms: 3_000,
             shutdown_grace_secs: 10,
@@ -223,6 +231,9 @@ fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 struct EnvSource(Dict);
 
 const PREFIX: &str = "STORYLINE_";
+/// The longest story TTL accepted: ten years (Redis takes expiries in milliseconds; this keeps them far from any
+/// overflow).
+const MAX_STORY_TTL_SECS: u64 = 10 * 365 * 24 * 60 * 60;
 /// The most HTTP workers actix-server starts (it panics on more).
 const MAX_WORKERS: usize = 512;
 /// URL schemes fred connects with: a server (optionally over a Unix socket), a cluster, or a server found
@@ -239,6 +250,8 @@ const NUMERIC: &[&str] = &[
     "retention_max_age_secs",
     "body_limit_bytes",
     "idempotency_window_secs",
+    "story_ttl_secs",
+    "broker_retry_after_secs",
     "retry_ms",
     "broker_timeout_ms",
     "shutdown_grace_secs",
@@ -380,6 +393,12 @@ impl Settings {
         }
         if self.idempotency_window_secs == 0 {
             bail!("idempotency_window_secs must be at least 1");
+        }
+        if self.story_ttl_secs > MAX_STORY_TTL_SECS {
+            bail!("story_ttl_secs must be at most {MAX_STORY_TTL_SECS} (ten years; 0 = never)");
+        }
+        if !(1..=300).contains(&self.broker_retry_after_secs) {
+            bail!("broker_retry_after_secs must be between 1 and 300");
         }
         if self.slow_consumer_secs == 0 {
             bail!("slow_consumer_secs must be at least 1");
@@ -546,6 +565,7 @@ impl Settings {
             cors_origins: self.cors_origins.clone(),
             body_limit_bytes: self.body_limit_bytes,
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
+            retry_after_secs: u32::try_from(self.broker_retry_after_secs).unwrap_or(u32::MAX),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             drain_window: Duration::from_secs(self.drain_window_secs),
             workers: (self.workers > 0).then_some(self.workers),
@@ -570,6 +590,7 @@ impl Settings {
                 max_age: max_age(self.retention_max_age_secs),
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+            story_ttl: max_age(self.story_ttl_secs),
             ..Retention::default()
         };
         Ok(self.namespace_retention()?.into_iter().fold(defaults, |r, (ns, log)| r.with_namespace(ns, log)))
@@ -664,6 +685,7 @@ mod tests {
             ("STORYLINE_CORS_ORIGINS", "https://a.example"),
             ("STORYLINE_BODY_LIMIT_BYTES", "4096"),
             ("STORYLINE_BROKER_TIMEOUT_MS", "777"),
+            ("STORYLINE_BROKER_RETRY_AFTER_SECS", "9"),
             ("STORYLINE_SHUTDOWN_GRACE_SECS", "3"),
             ("STORYLINE_DRAIN_WINDOW_SECS", "4"),
             ("STORYLINE_STREAM_ADMISSIONS_PER_SEC", "9"),
@@ -703,6 +725,7 @@ mod tests {
         assert_eq!(c.cors_origins, ["https://a.example"]);
         assert_eq!(c.body_limit_bytes, 4096);
         assert_eq!(c.broker_timeout, Duration::from_millis(777));
+        assert_eq!(c.retry_after_secs, 9);
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
         assert_eq!(c.drain_window, Duration::from_secs(4));
         assert_eq!(c.workers, Some(3));
@@ -842,6 +865,10 @@ mod tests {
             (&[("STORYLINE_METRICS_LISTEN", "127.0.0.1:8080")], "port of its own"),
             (&[("STORYLINE_METRICS_TOKEN", "short")], "metrics_token"),
             (&[("STORYLINE_METRICS_TOKEN", "has a space in it 0123456789")], "metrics_token"),
+            (&[("STORYLINE_BROKER_RETRY_AFTER_SECS", "0")], "broker_retry_after_secs"),
+            (&[("STORYLINE_BROKER_RETRY_AFTER_SECS", "301")], "broker_retry_after_secs"),
+            (&[("STORYLINE_STORY_TTL_SECS", "315360001")], "story_ttl_secs"),
+            (&[("STORYLINE_STORY_TTL_SECS", "soon")], "STORYLINE_STORY_TTL_SECS"),
         ];
         for (vars, needle) in cases {
             let err = Settings::load(None, env(vars)).err().map(|e| format!("{e:#}")).unwrap_or_default();
@@ -870,6 +897,17 @@ mod tests {
         assert_eq!(of("archive:old"), log(1_000_000, None), "no age part: no age limit");
         assert_eq!(of("public:tale"), log(100, Some(60)), "other namespaces: the defaults");
         assert_eq!(of("chat"), log(500, Some(3600)), "an id without `:` is its own namespace");
+    }
+
+    #[test]
+    fn the_story_ttl_is_off_by_default_and_reaches_the_retention() {
+        let default = Settings::load(None, env(&[])).and_then(|s| s.retention()).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(default.story_ttl, None, "off by default");
+        let set = Settings::load(None, env(&[("STORYLINE_STORY_TTL_SECS", "86400")]))
+            .and_then(|s| s.retention())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(set.story_ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(ServerConfig::new(JwtSecret::new("0123456789abcdef")).retry_after_secs, 2, "Retry-After base 2 s");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - `<ms>-<seq>`: after that event. Whenever events due to the reader were trimmed by retention before they
 //!   could be delivered (an old resume point, or a reader that fell behind), an `event: gap` frame names the
 //!   last position and the id delivery resumes from. A resume id newer than anything in the story (a reset
-//!   store) also gets a gap frame, then the retained history. Never a silent hole.
+//!   store) also gets a gap frame, then the retained history; so does a resume id of a story that expired
+//!   (story TTL) and started afresh (the broker records its forgotten past as trimmed). Never a silent hole.
 //!
 //! Events come from the fan-out engine (`storyline-hub`): one broker tail per story, frames encoded once and
 //! shared; the response body writes those bytes as they are, plus a heartbeat from one process-wide tick.
