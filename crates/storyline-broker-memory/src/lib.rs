@@ -23,6 +23,7 @@ use storyline_core::{
     Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, LogRetention, NewEvent, Page,
     PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
+use storyline_core::{MemoryRevocations, Revocations};
 use tokio::sync::Notify;
 
 /// How many events a tail fetches from the log per lock acquisition.
@@ -41,6 +42,8 @@ struct Inner {
     /// Every remembered idempotency key, oldest first. The window is constant, so this is also expiry order, and
     /// sweeping it on each append forgets keys of idle stories too (amortised O(1) per append).
     key_expiry: Mutex<VecDeque<(Instant, StoryId, String)>>,
+    /// The revocation list, shared like the logs by every server on this broker (in one process).
+    revocations: Arc<MemoryRevocations>,
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +65,14 @@ struct LogState {
 
 impl MemoryBroker {
     pub fn new(retention: Retention) -> Self {
-        Self { inner: Arc::new(Inner { retention, stories: Mutex::default(), key_expiry: Mutex::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                retention,
+                stories: Mutex::default(),
+                key_expiry: Mutex::default(),
+                revocations: Arc::default(),
+            }),
+        }
     }
 
     /// The story's log, created if needed, with `f` run on its state while the map lock is still held, so that
@@ -285,6 +295,10 @@ impl Broker for MemoryBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        Some(self.inner.revocations.clone())
     }
 }
 

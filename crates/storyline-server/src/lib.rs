@@ -24,6 +24,7 @@ mod metered;
 mod meters;
 pub mod network;
 pub mod openapi;
+mod revocation;
 mod routes;
 mod slow;
 pub mod startup;
