@@ -12,6 +12,7 @@ mod limits;
 mod operations;
 mod publish;
 mod reader;
+mod revocation;
 mod stream;
 mod streams;
 mod tls;
