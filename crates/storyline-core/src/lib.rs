@@ -25,10 +25,12 @@ pub use broker::{
 };
 pub use envelope::{Envelope, EventData, EventDataError, MAX_DATA_DEPTH, Metadata, NewEvent, Receipt, StoredEvent};
 pub use event_id::{EventId, EventIdError};
-pub use event_type::{EventType, EventTypeError, GAP_EVENT, MAX_EVENT_TYPE_LEN, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT};
-pub use revocation::{
-    MAX_REVOCATION_ID_LEN, MemoryRevocations, Revocation, RevocationError, RevocationId, RevocationList, RevocationTarget,
-    Revocations,
+pub use event_type::{
+    EventType, EventTypeError, GAP_EVENT, MAX_EVENT_TYPE_LEN, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT,
 };
 pub use idempotency::{IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
+pub use revocation::{
+    MAX_REVOCATION_ID_LEN, MemoryRevocations, Revocation, RevocationError, RevocationId, RevocationList,
+    RevocationTarget, Revocations,
+};
 pub use story_id::{MAX_STORY_ID_LEN, StoryId, StoryIdError};

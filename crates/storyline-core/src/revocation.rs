@@ -182,11 +182,13 @@ impl RevocationList {
     pub fn revoking(&self, sub: &str, jti: Option<&str>, now: u64) -> Option<Revocation> {
         let by_jti = jti.and_then(|jti| {
             let (id, until) = self.jti.get_key_value(jti)?;
-            (now < *until).then(|| Revocation { target: RevocationTarget::Jti(RevocationId(Arc::clone(id))), until: *until })
+            (now < *until)
+                .then(|| Revocation { target: RevocationTarget::Jti(RevocationId(Arc::clone(id))), until: *until })
         });
         by_jti.or_else(|| {
             let (id, until) = self.sub.get_key_value(sub)?;
-            (now < *until).then(|| Revocation { target: RevocationTarget::Sub(RevocationId(Arc::clone(id))), until: *until })
+            (now < *until)
+                .then(|| Revocation { target: RevocationTarget::Sub(RevocationId(Arc::clone(id))), until: *until })
         })
     }
 
@@ -201,7 +203,11 @@ impl RevocationList {
             .into_iter()
             .flat_map(|(jti, map)| {
                 map.iter().filter(|(_, until)| now < **until).map(move |(id, until)| Revocation {
-                    target: if jti { RevocationTarget::Jti(RevocationId(Arc::clone(id))) } else { RevocationTarget::Sub(RevocationId(Arc::clone(id))) },
+                    target: if jti {
+                        RevocationTarget::Jti(RevocationId(Arc::clone(id)))
+                    } else {
+                        RevocationTarget::Sub(RevocationId(Arc::clone(id)))
+                    },
                     until: *until,
                 })
             })

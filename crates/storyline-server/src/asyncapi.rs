@@ -1091,10 +1091,8 @@ mod tests {
 
         let revoked: TokenRevokedData = serde_norway::from_value(example("tokenRevoked")["payload"].clone()).unwrap();
         assert_eq!(revoked.revoked, crate::openapi::RevokedBy::Sub);
-        let by_sub = storyline_core::Revocation {
-            target: storyline_core::RevocationTarget::sub("anyone").unwrap(),
-            until: 1,
-        };
+        let by_sub =
+            storyline_core::Revocation { target: storyline_core::RevocationTarget::sub("anyone").unwrap(), until: 1 };
         assert_eq!(frame("tokenRevoked").as_bytes(), &encode_token_revoked(&by_sub)[..]);
 
         let retry = example("retry")["headers"]["retry"].as_u64().unwrap();

@@ -517,7 +517,8 @@ impl FromRequest for Principal {
         });
         // A revoked token is refused like an invalid one, on every request (an in-memory check: see `revocation`).
         let principal = principal.and_then(|principal| {
-            let revoked = req.app_data::<web::Data<crate::startup::AppState>>().and_then(|s| s.revocations.revoking(&principal));
+            let revoked =
+                req.app_data::<web::Data<crate::startup::AppState>>().and_then(|s| s.revocations.revoking(&principal));
             match revoked {
                 Some(entry) => Err(revoked_error(&entry)),
                 None => Ok(principal),

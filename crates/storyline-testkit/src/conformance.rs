@@ -1204,7 +1204,10 @@ pub async fn revocations_are_stored_counted_and_replaced(factory: &dyn BrokerFac
     let replaced = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
 
     // Assert
-    assert!(start < versions[0] && versions[0] < versions[1], "{CASE}: each revoke moves the version: {start} {versions:?}");
+    assert!(
+        start < versions[0] && versions[0] < versions[1],
+        "{CASE}: each revoke moves the version: {start} {versions:?}"
+    );
     assert_eq!(snapshot.version, versions[1], "{CASE}: the snapshot carries the version it was read at");
     assert_eq!(store.version().await, Ok(replaced_at), "{CASE}: version() reads the same counter");
     assert_eq!(snapshot.entries(now), vec![token.clone(), subject], "{CASE}: both entries, jti first");

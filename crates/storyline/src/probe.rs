@@ -478,7 +478,10 @@ impl SseStream {
                     return Err(fail(Reason::Auth, "the stream ended with token-expired: mint a longer-lived token"));
                 }
                 Ok(Some(StreamFrame::TokenRevoked { .. })) => {
-                    return Err(fail(Reason::Auth, "the stream ended with token-revoked: the probe's token was revoked"));
+                    return Err(fail(
+                        Reason::Auth,
+                        "the stream ended with token-revoked: the probe's token was revoked",
+                    ));
                 }
                 Ok(None) => return Err(fail(Reason::Protocol, "the server ended the stream")),
                 Err(e) => return Err(failure("reading the stream", Reason::Protocol, &e)),

@@ -50,9 +50,10 @@ pub(crate) fn main(settings: &Settings, args: RevokeArgs) -> anyhow::Result<()> 
     let token = match args.admin_token {
         Some(token) => token,
         None => {
-            let secret = settings.jwt_secret.as_deref().context(
-                "no admin token: pass --admin-token, or configure STORYLINE_JWT_SECRET to mint one",
-            )?;
+            let secret = settings
+                .jwt_secret
+                .as_deref()
+                .context("no admin token: pass --admin-token, or configure STORYLINE_JWT_SECRET to mint one")?;
             let keys = JwtKeys::with_rules(&JwtSecret::new(secret), settings.token_rules());
             keys.mint("storyline-cli", "", Some(Tier::Admin), Duration::from_secs(60)).map_err(anyhow::Error::msg)?
         }
@@ -67,8 +68,13 @@ pub(crate) fn main(settings: &Settings, args: RevokeArgs) -> anyhow::Result<()> 
     };
     let body = serde_json::json!({ "jti": args.jti, "sub": args.sub, "until": until });
     // Only the named target is sent (the endpoint refuses a null field as "both").
-    let body: serde_json::Map<String, serde_json::Value> =
-        body.as_object().into_iter().flatten().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let body: serde_json::Map<String, serde_json::Value> = body
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     let answer = runtime.block_on(async {
         let client = storyline_client::http_client_builder()?.timeout(Duration::from_secs(10)).build()?;

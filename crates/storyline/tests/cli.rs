@@ -356,7 +356,8 @@ async fn revoke_asks_the_running_instance_and_its_tokens_are_refused_from_then_o
     assert_eq!(answer.status(), 401);
     let problem: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(problem["type"], "urn:storyline:problem:token-revoked");
-    let wrong = storyline(&["revoke", "--sub", "x", "--ttl-secs", "60", "--url", &base, "--admin-token", &reader], &env);
+    let wrong =
+        storyline(&["revoke", "--sub", "x", "--ttl-secs", "60", "--url", &base, "--admin-token", &reader], &env);
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"), "{}", String::from_utf8_lossy(&wrong.stderr));
     drop(serve);

@@ -30,7 +30,9 @@ use std::{
 
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::{Deserialize, Serialize};
-use storyline_core::{EventId, Gap, LogBounds, Revocation, RevocationTarget, StoryId, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT};
+use storyline_core::{
+    EventId, Gap, LogBounds, Revocation, RevocationTarget, StoryId, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT,
+};
 use storyline_hub::{Bytes, Delivery, Subscription, encode_gap};
 use tokio::{sync::watch, time::Sleep};
 
