@@ -97,7 +97,7 @@ pub enum AuthFailure {
     UnknownKey,
     /// A required claim missing, or `iss`/`aud` not accepted.
     BadClaims,
-    /// Valid, but revoked by its `jti` or `sub` (see [`crate::revocation`]).
+    /// Valid, but revoked by its `jti` or `sub` (see `POST /v1/admin/revocations`).
     Revoked,
 }
 
