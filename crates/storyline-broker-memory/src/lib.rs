@@ -26,6 +26,7 @@ use storyline_core::{
     Appended, Broker, BrokerError, EventId, EventStream, Fingerprint, Gap, Idempotency, LogBounds, LogRetention,
     NewEvent, Page, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
+use storyline_core::{MemoryRevocations, Revocations};
 use tokio::sync::Notify;
 
 /// How many events a tail fetches from the log per lock acquisition.
@@ -47,6 +48,8 @@ struct Inner {
     /// With a story TTL: stories to look at for expiry, in the order they were queued (at most one entry per
     /// story; a story still in use when looked at is queued again).
     story_expiry: Mutex<VecDeque<(Instant, StoryId)>>,
+    /// The revocation list, shared like the logs by every server on this broker (in one process).
+    revocations: Arc<MemoryRevocations>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +81,7 @@ impl MemoryBroker {
                 stories: Mutex::default(),
                 key_expiry: Mutex::default(),
                 story_expiry: Mutex::default(),
+                revocations: Arc::default(),
             }),
         }
     }
@@ -365,6 +369,10 @@ impl Broker for MemoryBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        Some(self.inner.revocations.clone())
     }
 }
 

@@ -19,6 +19,7 @@
 
 mod codec;
 mod keys;
+mod revocations;
 mod tailer;
 
 use std::{sync::Arc, time::Duration};
@@ -314,6 +315,11 @@ impl Broker for RedisBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         self.request_client()?.ping::<()>(None).await.map_err(unavailable)
+    }
+
+    /// The revocation list in this Redis, shared by every instance on it (see [`revocations`]).
+    fn revocations(&self) -> Option<Arc<dyn storyline_core::Revocations>> {
+        Some(Arc::new(revocations::RedisRevocations::new(self.clone())))
     }
 }
 

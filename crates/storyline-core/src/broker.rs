@@ -42,7 +42,7 @@ use std::{collections::BTreeMap, fmt, num::NonZeroUsize, sync::Arc, time::Durati
 
 use futures::stream::BoxStream;
 
-use crate::{EventId, Idempotency, NewEvent, Receipt, StoredEvent, StoryId};
+use crate::{EventId, Idempotency, NewEvent, Receipt, Revocations, StoredEvent, StoryId};
 
 /// Default and maximum page sizes for [`Broker::read_after`].
 pub const DEFAULT_PAGE_LIMIT: usize = 100;
@@ -257,6 +257,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Succeeds when the broker can serve requests now (readiness).
     async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// An optional capability: the revocation list kept in this broker's store, shared by every instance that uses
+    /// it (see [`Revocations`]). `None` (the default): the store keeps none, and each server keeps its own.
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub enum ApiError {
     AtCapacity { cap: Capacity, retry_after_secs: u32 },
     #[error("this instance is shutting down; retry later (another instance will answer)")]
     Draining { retry_after_secs: u32 },
+    /// A revocation request that is JSON but not a valid revocation (`POST /v1/admin/revocations`).
+    #[error("invalid revocation: {0}")]
+    InvalidRevocation(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -137,6 +140,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::InvalidEvent(_) | Self::BadEventType(_) => "invalid-event",
+            Self::Unauthenticated(crate::auth::AuthFailure::Revoked, _) => "token-revoked",
             Self::Unauthenticated(..) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::HeadersTooLarge { .. } => "headers-too-large",
@@ -148,6 +152,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate-limited",
             Self::IpDenied => "ip-denied",
             Self::Draining { .. } => "draining",
+            Self::InvalidRevocation(_) => "invalid-revocation",
             Self::Internal(_) => "internal",
         }
     }
@@ -167,6 +172,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::InvalidEvent(_) | Self::BadEventType(_) => "Invalid event",
+            Self::Unauthenticated(crate::auth::AuthFailure::Revoked, _) => "Token revoked",
             Self::Unauthenticated(..) => "Authentication required",
             Self::Forbidden(_) => "Forbidden",
             Self::HeadersTooLarge { .. } => "Request headers too large",
@@ -178,6 +184,7 @@ impl ApiError {
             Self::RateLimited { .. } => "Too many requests",
             Self::IpDenied => "Address not allowed",
             Self::Draining { .. } => "Shutting down",
+            Self::InvalidRevocation(_) => "Invalid revocation",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -220,9 +227,10 @@ impl ResponseError for ApiError {
             | Self::IncompleteBody(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidEvent(_) | Self::BadEventType(_) | Self::IdempotencyKeyMismatch => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::InvalidEvent(_)
+            | Self::BadEventType(_)
+            | Self::IdempotencyKeyMismatch
+            | Self::InvalidRevocation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

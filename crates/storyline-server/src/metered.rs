@@ -79,4 +79,8 @@ impl Broker for MeteredBroker {
         let started = Instant::now();
         observe("ping", started, self.0.ping().await)
     }
+
+    fn revocations(&self) -> Option<Arc<dyn storyline_core::Revocations>> {
+        self.0.revocations()
+    }
 }

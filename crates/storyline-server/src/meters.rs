@@ -122,7 +122,8 @@ fn describe() {
         CONNECTIONS_CLOSED,
         Unit::Count,
         "SSE streams closed, by tier and reason: client (the reader went away), shutdown (drain), slow_consumer \
-         (socket not drained), token_expired. (A broker outage never ends a stream: it waits and catches up.)"
+         (socket not drained), token_expired, token_revoked. (A broker outage never ends a stream: it waits and \
+         catches up.)"
     );
     describe_histogram!(CONNECTION_DURATION, Unit::Seconds, "How long SSE streams stayed open, by the reader's tier.");
     describe_counter!(
@@ -363,10 +364,11 @@ pub(crate) enum CloseReason {
     Shutdown,
     SlowConsumer,
     TokenExpired,
+    TokenRevoked,
 }
 
 impl CloseReason {
-    const ALL: [Self; 4] = [Self::Client, Self::Shutdown, Self::SlowConsumer, Self::TokenExpired];
+    const ALL: [Self; 5] = [Self::Client, Self::Shutdown, Self::SlowConsumer, Self::TokenExpired, Self::TokenRevoked];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -374,6 +376,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::SlowConsumer => "slow_consumer",
             Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
         }
     }
 }

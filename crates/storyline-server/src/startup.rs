@@ -49,6 +49,8 @@ pub struct AppState {
     pub(crate) signals: watch::Receiver<StreamSignal>,
     /// Rate and per-principal limits.
     pub(crate) limits: Limits,
+    /// This instance's snapshot of the revocation list (see `revocation`).
+    pub(crate) revocations: Arc<crate::revocation::RevocationGuard>,
     /// Story namespaces and event types as metric labels, capped.
     pub(crate) event_labels: Arc<meters::EventLabels>,
     pub(crate) hub_meters: Arc<meters::HubMeters>,
@@ -162,6 +164,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/stories/{story}/events", "GET, POST"),
     ("/v1/stories/{story}/stream", "GET"),
     ("/v1/streams", "GET"),
+    ("/v1/admin/revocations", "GET, POST"),
     ("/healthz", "GET, HEAD"),
     ("/readyz", "GET, HEAD"),
     ("/metrics", "GET"),
@@ -221,13 +224,19 @@ impl Application {
         });
         let hub_meters = Arc::new(meters::HubMeters::new(Arc::clone(&event_labels)));
         let hub = Hub::with_observer(Arc::clone(&broker), HubConfig::default(), hub_meters.clone());
-        let signals = stream_signals(config.heartbeat, shutdown.clone())?;
+        let revocations = Arc::new(crate::revocation::RevocationGuard::new(&*broker));
+        let stop = shutdown.clone();
+        revocations.spawn_refresher(&runtime()?, config.heartbeat, config.broker_timeout, async move {
+            stop.drained().await;
+        });
+        let signals = stream_signals(config.heartbeat, shutdown.clone(), Arc::clone(&revocations))?;
         let state = web::Data::new(AppState {
             broker,
             shutdown: shutdown.clone(),
             hub,
             signals,
             limits: Limits::new(config.limits),
+            revocations,
             event_labels,
             hub_meters,
             metrics: meters::handle(),
@@ -261,6 +270,8 @@ impl Application {
                 .service(routes::history::history)
                 .service(routes::stream::stream)
                 .service(routes::streams::streams)
+                .service(routes::admin::revoke)
+                .service(routes::admin::revocations)
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
                 .configure(|app| {
@@ -384,6 +395,8 @@ pub(crate) enum StreamSignal {
     /// The server drains, and this share of the drain window (in thousandths) has passed: a stream whose own
     /// moment ([`drain_moment`]) is at or below it ends, at the next frame boundary.
     Drain(u16),
+    /// The revocation list changed: a stream whose token it revokes ends (streams also check at every tick).
+    Revocations,
 }
 
 /// The end of the drain window, in [`StreamSignal::Drain`]'s thousandths.
@@ -401,7 +414,11 @@ const DRAIN_STEPS: u32 = 100;
 /// shutdown is triggered it also publishes the drain's progress through the window ([`StreamSignal::Drain`],
 /// heartbeats continuing for the streams still open), then ends (and the closed channel means the drain is
 /// complete). It also stops when the last receiver (the app state) is dropped.
-fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch::Receiver<StreamSignal>> {
+fn stream_signals(
+    period: Duration,
+    shutdown: Shutdown,
+    revocations: Arc<crate::revocation::RevocationGuard>,
+) -> std::io::Result<watch::Receiver<StreamSignal>> {
     let runtime = runtime()?;
     let (tx, rx) = watch::channel(StreamSignal::Tick(0));
     runtime.spawn(async move {
@@ -417,6 +434,7 @@ fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch
             tokio::select! {
                 () = shutdown.drained() => break,
                 _ = heartbeat.tick() => if tx.send(next_tick()).is_err() { return },
+                () = revocations.changed() => if tx.send(StreamSignal::Revocations).is_err() { return },
             }
         }
         let window = shutdown.window();
@@ -430,6 +448,7 @@ fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch
                     StreamSignal::Drain(u16::try_from(share).unwrap_or(DRAIN_COMPLETE).min(DRAIN_COMPLETE))
                 }
                 _ = heartbeat.tick() => next_tick(),
+                () = revocations.changed() => StreamSignal::Revocations,
             };
             if tx.send(signal).is_err() || signal == StreamSignal::Drain(DRAIN_COMPLETE) {
                 return;

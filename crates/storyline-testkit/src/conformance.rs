@@ -26,7 +26,8 @@ use std::{
 use futures::{StreamExt, future::BoxFuture};
 use storyline_core::{
     Appended, Broker, BrokerError, EventData, EventId, EventStream, EventType, Idempotency, IdempotencyKey, LogBounds,
-    LogRetention, MAX_PAGE_LIMIT, Metadata, NewEvent, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
+    LogRetention, MAX_PAGE_LIMIT, Metadata, NewEvent, PageLimit, Receipt, Retention, Revocation, RevocationTarget,
+    Revocations, StoredEvent, StoryId, TailItem,
 };
 
 use crate::{DEFAULT_DEADLINE, poll_until};
@@ -107,6 +108,8 @@ macro_rules! broker_conformance_tests {
             dropping_a_tail_does_not_disturb_other_tails,
             tails_on_two_stories_each_see_only_their_own,
             ping_succeeds,
+            revocations_are_stored_counted_and_replaced,
+            revocations_apply_until_their_until_only,
         }
     };
     (@cases #[$test:meta] ($factory:expr) $($case:ident),+ $(,)?) => {
@@ -1349,4 +1352,87 @@ pub async fn ping_succeeds(factory: &dyn BrokerFactory) {
 
     // Assert
     assert_eq!(answer, Ok(()), "{CASE}: ping on a reachable {} broker", broker.kind());
+}
+
+// --- revocations (storyline_core::Revocations) ---
+
+fn revocations_of(case: &str, broker: &dyn Broker) -> Arc<dyn Revocations> {
+    broker.revocations().unwrap_or_else(|| panic!("{case}: the {} broker keeps a revocation list", broker.kind()))
+}
+
+fn target(jti: Option<&str>, sub: Option<&str>) -> RevocationTarget {
+    match (jti, sub) {
+        (Some(jti), _) => RevocationTarget::jti(jti),
+        (None, Some(sub)) => RevocationTarget::sub(sub),
+        (None, None) => panic!("fixture target names nothing"),
+    }
+    .unwrap_or_else(|e| panic!("fixture target: {e}"))
+}
+
+/// A revoke is visible in every later snapshot, each revoke moves the version, the snapshot carries the version it
+/// was read at, and revoking a target again replaces its entry.
+pub async fn revocations_are_stored_counted_and_replaced(factory: &dyn BrokerFactory) {
+    const CASE: &str = "revocations_are_stored_counted_and_replaced";
+    // Arrange
+    let broker = factory.make(Retention::default()).await;
+    let store = revocations_of(CASE, &*broker);
+    let now = 1_800_000_000;
+    let empty = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    assert!(empty.entries(now).is_empty(), "{CASE}: a fresh store revokes nothing");
+    let start = store.version().await.unwrap_or_else(|e| panic!("{CASE}: version: {e}"));
+
+    // Act
+    let token = Revocation { target: target(Some("t-1"), None), until: now + 60 };
+    let subject = Revocation { target: target(None, Some("user:mallory")), until: now + 600 };
+    let mut versions = Vec::new();
+    for entry in [token.clone(), subject.clone()] {
+        versions.push(store.revoke(entry, now).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}")));
+    }
+    let snapshot = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    let shortened = Revocation { until: now + 30, ..subject.clone() };
+    let replaced_at = store.revoke(shortened.clone(), now).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}"));
+    let replaced = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+
+    // Assert
+    assert!(
+        start < versions[0] && versions[0] < versions[1],
+        "{CASE}: each revoke moves the version: {start} {versions:?}"
+    );
+    assert_eq!(snapshot.version, versions[1], "{CASE}: the snapshot carries the version it was read at");
+    assert_eq!(store.version().await, Ok(replaced_at), "{CASE}: version() reads the same counter");
+    assert_eq!(snapshot.entries(now), vec![token.clone(), subject], "{CASE}: both entries, jti first");
+    assert!(snapshot.is_revoked("anyone", Some("t-1"), now), "{CASE}: by jti");
+    assert!(snapshot.is_revoked("user:mallory", None, now), "{CASE}: by sub");
+    assert!(!snapshot.is_revoked("ann", Some("t-2"), now), "{CASE}: nothing else");
+    assert_eq!(replaced.entries(now), vec![token, shortened], "{CASE}: revoking a target again replaces its entry");
+}
+
+/// An entry is in force while `now < until`: a snapshot at or past its `until` leaves it out.
+pub async fn revocations_apply_until_their_until_only(factory: &dyn BrokerFactory) {
+    const CASE: &str = "revocations_apply_until_their_until_only";
+    // Arrange
+    let broker = factory.make(Retention::default()).await;
+    let store = revocations_of(CASE, &*broker);
+    let now = 1_800_000_000;
+    let brief = Revocation { target: target(None, Some("brief")), until: now + 10 };
+    let long = Revocation { target: target(Some("long"), None), until: now + 1000 };
+    for entry in [brief.clone(), long.clone()] {
+        store.revoke(entry, now).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}"));
+    }
+
+    // Act
+    let before = store.snapshot(now + 9).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    let at = store.snapshot(now + 10).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    // A revoke made later drops what expired by then; the version still moves.
+    let version = store.version().await.unwrap_or_else(|e| panic!("{CASE}: version: {e}"));
+    let again = Revocation { target: target(None, Some("late")), until: now + 2000 };
+    let later = store.revoke(again.clone(), now + 1000).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}"));
+    let after = store.snapshot(now + 1000).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+
+    // Assert
+    assert_eq!(before.entries(now + 9), vec![long.clone(), brief], "{CASE}: both in force before");
+    assert_eq!(at.entries(now + 10), vec![long], "{CASE}: the brief one expired at its until");
+    assert!(!at.is_revoked("brief", None, now + 10), "{CASE}: and no longer applies");
+    assert!(later > version, "{CASE}: the version moved");
+    assert_eq!(after.entries(now + 1000), vec![again], "{CASE}: only what is in force then");
 }

@@ -2,12 +2,15 @@
 //!
 //! - `storyline serve`: run the service (memory broker unless a Redis URL is configured).
 //! - `storyline token`: mint a JWT with the configured secret.
+//! - `storyline revoke`: revoke a token (`--jti`) or every token of a subject (`--sub`) through a running
+//!   instance's admin endpoint (see `revoke.rs`).
 //! - `storyline openapi`: print the OpenAPI document.
 //! - `storyline asyncapi`: print the AsyncAPI document of the streams (YAML).
 //! - `storyline config`: print the effective configuration (secrets redacted).
 //! - `storyline probe`: a synthetic reader and writer that checks round trip and resume (see `probe.rs`).
 
 mod probe;
+mod revoke;
 mod settings;
 mod telemetry;
 
@@ -75,6 +78,9 @@ enum Command {
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
         ttl_secs: u64,
     },
+    /// Revoke a token (--jti) or every token of a subject (--sub) until a time, through a running instance's
+    /// `POST /v1/admin/revocations` (audited there; every instance on the same Redis applies it within a heartbeat).
+    Revoke(revoke::RevokeArgs),
     /// Print the OpenAPI document.
     Openapi,
     /// Print the AsyncAPI document of the streams (YAML).
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
             serve(settings)
         }
         Command::Token { sub, scope, tier, ttl_secs } => token(&settings, &sub, &scope, tier, ttl_secs),
+        Command::Revoke(args) => revoke::main(&settings, args),
         Command::Openapi => write_stdout(&storyline_server::openapi::pretty_json()),
         Command::Asyncapi => {
             storyline_server::asyncapi::yaml().map_err(anyhow::Error::from).and_then(|y| write_stdout(&y))

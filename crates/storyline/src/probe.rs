@@ -487,6 +487,12 @@ impl SseStream {
                 Ok(Some(StreamFrame::TokenExpired { .. })) => {
                     return Err(fail(Reason::Auth, "the stream ended with token-expired: mint a longer-lived token"));
                 }
+                Ok(Some(StreamFrame::TokenRevoked { .. })) => {
+                    return Err(fail(
+                        Reason::Auth,
+                        "the stream ended with token-revoked: the probe's token was revoked",
+                    ));
+                }
                 Ok(None) => return Err(fail(Reason::Protocol, "the server ended the stream")),
                 Err(e) => return Err(failure("reading the stream", Reason::Protocol, &e)),
             }

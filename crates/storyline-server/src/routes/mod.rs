@@ -1,5 +1,6 @@
 //! One module per endpoint, plus the request-scoped helpers they share.
 
+pub(crate) mod admin;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod publish;

@@ -13,6 +13,7 @@ mod metrics_access;
 mod operations;
 mod publish;
 mod reader;
+mod revocation;
 mod stream;
 mod streams;
 mod tls;
