@@ -26,7 +26,7 @@ export type Status =
       state: 'waiting';
       /** How long until the next attempt, in ms. */
       delayMs: number;
-      /** `network`, `ended`, `idle`, `refused`, `token-expired`, `unauthenticated`, `get-token`, or a problem type slug (`draining`, `at-capacity`, `rate-limited`, `unavailable`, ...). */
+      /** `network`, `ended`, `idle`, `refused`, `token-expired`, `token-revoked`, `unauthenticated`, `get-token`, or a problem type slug (`draining`, `at-capacity`, `rate-limited`, `unavailable`, ...). */
       reason: string;
       attempt: number;
       error?: StorylineError;
@@ -45,14 +45,14 @@ export interface SubscribeOptions {
   baseUrl?: string;
   /** A JWT with read scope for every story. */
   token?: string;
-  /** Called for the first token when `token` is not given, on a `token-expired` frame and on a 401. */
+  /** Called for the first token when `token` is not given, on a `token-expired` frame and on a 401; once after a revocation (`token-revoked` frame or 401), whose token is never sent again. */
   getToken?: () => string | Promise<string>;
   /** Resume after this point: an event id or `0` for one story; the composite cursor (`id,id,...` in the order of the stories), or an object story → id, for several. None: only new events. */
   lastEventId?: string | Record<string, string>;
   onEvent?: (event: StoryEvent) => void;
   onGap?: (gap: Gap) => void;
   onStatus?: (status: Status) => void;
-  /** A refusal that retrying cannot fix (400, 403, 404, a 401 without getToken); the subscription is closed. */
+  /** A refusal that retrying cannot fix (400, 403, 404, a 401 without getToken, a revoked token that getToken could not replace: problemType `token-revoked`); the subscription is closed. */
   onError?: (error: StorylineError) => void;
   /** `auto` (default): EventSource in a browser for one story when `eventTypes` is given and a cursor is known, else fetch streaming; `eventsource` also for several stories (once a cursor is known). A connection after a refusal is always made with fetch, to read its status. */
   transport?: 'auto' | 'eventsource' | 'fetch';
@@ -85,7 +85,11 @@ export interface PublishOptions {
   baseUrl?: string;
   token?: string;
   getToken?: () => string | Promise<string>;
-  /** Sent as Idempotency-Key on every attempt; a random UUID when not given. */
+  /**
+   * Sent as Idempotency-Key on every attempt; a random UUID when not given. A key already used on the story for a
+   * different event is refused with a ProblemError 422 `idempotency-key-mismatch`, which is not retried (a new
+   * event needs a new key).
+   */
   idempotencyKey?: string;
   /** Attempts in all (default 6). */
   maxAttempts?: number;
@@ -122,7 +126,7 @@ export interface Problem {
 export class ProblemError extends StorylineError {
   readonly status: number;
   readonly problem: Problem;
-  /** The slug of `urn:storyline:problem:<slug>`, e.g. `draining`, `unconfirmed`, `rate-limited`. */
+  /** The slug of `urn:storyline:problem:<slug>`, e.g. `draining`, `unconfirmed`, `rate-limited`, `idempotency-key-mismatch`. */
   readonly problemType: string;
   readonly retryAfterMs: number | null;
 }

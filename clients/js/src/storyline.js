@@ -7,6 +7,12 @@
 // interval), a `gap` (reported to the app), and a replay after an at-least-once resume (duplicate ids are
 // dropped, per story). publish() appends one event with an Idempotency-Key and retries the same key.
 //
+// A revoked token (a `token-revoked` frame, or a 401 `token-revoked`) is final: it is never sent again. With
+// getToken, the client asks it once for a different token and goes on with that (a revoked jti leaves the
+// principal's other tokens valid); without getToken, or if getToken returns the same token, or if the new token is
+// revoked too (its sub was), the subscription closes with a ProblemError whose problemType is `token-revoked`, and
+// publish() throws it.
+//
 // No dependencies. The native EventSource is used where it suffices (a browser, one story, a known cursor, and the
 // app names the event types it wants, since EventSource has no catch-all listener); everything else, and every
 // connection whose HTTP status must be read (the one after an EventSource refusal), goes through fetch() with the
@@ -291,6 +297,8 @@ class Subscription {
     this.source = null;
     this.probeNext = false;
     this.stats = { delivered: 0, duplicates: 0, gaps: 0, connections: 0, tokenRefreshes: 0 };
+    /** The token the server revoked since the last open, if any: never sent again, and getToken is asked once. */
+    this.revokedToken = null;
   }
 
   setCursor(cursor) {
@@ -453,6 +461,7 @@ class Subscription {
     }
     this.opened();
     let tokenExpired = false;
+    let tokenRevoked = false;
     const parser = new SseParser({
       onId: (id) => this.applyCursor(id),
       onRetry: (ms) => {
@@ -460,6 +469,7 @@ class Subscription {
       },
       onEvent: (frame) => {
         if (frame.type === 'token-expired') tokenExpired = true;
+        else if (frame.type === 'token-revoked') tokenRevoked = true;
         else this.frame(frame.type, frame.data, frame.lastEventId);
       },
     });
@@ -472,7 +482,7 @@ class Subscription {
         if (done || this.closed || controller.signal.aborted) break;
         this.lastByteAt = Date.now();
         parser.push(decoder.decode(value, { stream: true }));
-        if (tokenExpired) break;
+        if (tokenExpired || tokenRevoked) break;
       }
     } catch (error) {
       if (this.closed || controller.signal.aborted) {
@@ -490,7 +500,8 @@ class Subscription {
       return;
     }
     parser.end();
-    if (tokenExpired) this.onTokenExpired();
+    if (tokenRevoked) this.onTokenRevoked(null);
+    else if (tokenExpired) this.onTokenExpired();
     else this.ended();
   }
 
@@ -523,6 +534,10 @@ class Subscription {
     source.addEventListener('token-expired', () => {
       tokenExpired = true;
     });
+    let tokenRevoked = false;
+    source.addEventListener('token-revoked', () => {
+      tokenRevoked = true;
+    });
     source.onopen = () => {
       if (this.source === source) this.opened();
     };
@@ -531,7 +546,8 @@ class Subscription {
       const refused = source.readyState === 2; // CLOSED: a non-200 answer, whose status EventSource hides
       source.close();
       this.source = null;
-      if (tokenExpired) this.onTokenExpired();
+      if (tokenRevoked) this.onTokenRevoked(null);
+      else if (tokenExpired) this.onTokenExpired();
       else if (refused) {
         // Learn the status (503 + Retry-After, 401, 429...) by making the next attempt with fetch.
         this.probeNext = true;
@@ -544,6 +560,7 @@ class Subscription {
 
   opened() {
     this.attempt = 0;
+    this.revokedToken = null;
     this.status('open');
   }
 
@@ -571,8 +588,41 @@ class Subscription {
     if (!this.closed) this.connect();
   }
 
+  /**
+   * The token was revoked (a `token-revoked` frame, or `error`: a 401 token-revoked at open). Never resend it: ask
+   * getToken once for a different token, else close with the token-revoked problem.
+   */
+  async onTokenRevoked(error) {
+    this.teardown();
+    const revoked = this.token;
+    const final = error ?? new ProblemError(401, { type: 'urn:storyline:problem:token-revoked', title: 'Token revoked', detail: 'the stream ended with a token-revoked frame' }, null);
+    if (!this.getToken || this.revokedToken != null) {
+      // No source, or the source's new token was revoked as well (its sub is): nothing else to try.
+      this.fail(final);
+      return;
+    }
+    this.revokedToken = revoked;
+    this.status('waiting', { delayMs: 0, reason: 'token-revoked', attempt: this.attempt });
+    try {
+      await this.refreshToken();
+    } catch (error) {
+      this.token = null;
+      this.retryOnNetworkError('get-token', error);
+      return;
+    }
+    if (this.token == null || this.token === revoked) {
+      this.fail(final);
+      return;
+    }
+    if (!this.closed) this.connect();
+  }
+
   handleRefusal(error) {
     const { status } = error;
+    if (status === 401 && error.problemType === 'token-revoked') {
+      this.onTokenRevoked(error);
+      return;
+    }
     if (status === 401 && this.getToken) {
       // The first 401 refreshes at once; repeated ones back off (a getToken that keeps returning a bad token).
       const delay = this.attempt === 0 ? 0 : backoffDelay(this.attempt, this.backoff, this.random);
@@ -669,7 +719,9 @@ async function problemFrom(response) {
  * Appends one event to a story. Retries with the SAME Idempotency-Key (generated when none is given) on 503
  * (`unconfirmed`, `unavailable`, ...), 429 and network errors, waiting Retry-After (jittered) or a capped
  * exponential backoff with full jitter; a 401 with getToken refreshes the token once. Gives up after
- * `maxAttempts` with the last error (a ProblemError or a NetworkError).
+ * `maxAttempts` with the last error (a ProblemError or a NetworkError). Every other answer is permanent and thrown
+ * at once, among them 422 `idempotency-key-mismatch`: the key was already used on the story for a different event
+ * (nothing was stored, and repeating cannot help; a new event needs a new key).
  *
  * @param {string} story
  * @param {{type: string, data: unknown}} event
@@ -714,9 +766,13 @@ export async function publish(story, event, options = {}) {
       lastError = error;
       if (response.status === 401 && options.getToken && !refreshed) {
         refreshed = true;
+        const previous = token;
         token = await options.getToken();
+        // A revoked token is never sent again.
+        if (error.problemType === 'token-revoked' && token === previous) throw error;
         delay = 0;
       } else if (response.status === 503 || response.status === 429) {
+        // Transient. Everything else (4xx, among them 422 idempotency-key-mismatch, and 500) is permanent.
         delay = error.retryAfterMs != null ? retryAfterDelay(error.retryAfterMs, random) : backoffDelay(attempt, backoff, random);
       } else {
         throw error;

@@ -87,10 +87,10 @@ function b64url(value) {
   return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
 }
 
-/** An HS256 JWT: `scope` space-separated, `ttlSecs` until `exp` (whole seconds, as JWTs count). */
-export function mintToken({ sub = 'js-test', scope = 'read:* write:*', tier = 'admin', ttlSecs = 3600, secret = SECRET } = {}) {
+/** An HS256 JWT: `scope` space-separated, `ttlSecs` until `exp` (whole seconds, as JWTs count), a fresh `jti`. */
+export function mintToken({ sub = 'js-test', scope = 'read:* write:*', tier = 'admin', ttlSecs = 3600, secret = SECRET, jti = randomBytes(16).toString('hex') } = {}) {
   const exp = Math.floor(Date.now() / 1000) + ttlSecs;
-  const body = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ sub, exp, scope, tier })}`;
+  const body = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ sub, exp, scope, tier, jti })}`;
   const sig = createHmac('sha256', secret).update(body).digest('base64url');
   return `${body}.${sig}`;
 }

@@ -96,6 +96,25 @@ test('publish: 429 rate-limited from the real server is waited out (Retry-After)
   assert.ok(retries.every((r) => r.error.status === 429 && r.error.problemType === 'rate-limited' && r.delayMs >= r.error.retryAfterMs));
 });
 
+test('publish: a key reused for a different event is 422 idempotency-key-mismatch, not retried, and stores nothing', async (t) => {
+  const server = await startStoryline();
+  t.after(() => server.stop());
+  const story = 'publish-key-reused';
+  const options = { baseUrl: server.baseUrl, token: mintToken(), idempotencyKey: 'reused-1' };
+  const first = await publish(story, { type: 'chapter', data: { text: 'one' } }, options);
+  const retries = [];
+  const error = await publish(story, { type: 'chapter', data: { text: 'two' } }, { ...options, onRetry: (r) => retries.push(r) })
+    .catch((e) => e);
+  const again = await publish(story, { type: 'chapter', data: { text: 'one' } }, options);
+  assert.ok(error instanceof ProblemError, 'a ProblemError');
+  assert.equal(error.status, 422);
+  assert.equal(error.problemType, 'idempotency-key-mismatch');
+  assert.equal(retries.length, 0, 'a permanent error: not retried');
+  assert.equal(again.duplicate, true, 'the same event with the key is still answered with the first receipt');
+  assert.equal(again.id, first.id);
+  assert.deepEqual((await history(server.baseUrl, story)).map((e) => e.id), [first.id], 'the refused event was not stored');
+});
+
 test('publish: a client fault is not retried and carries the problem+json', async (t) => {
   const server = await startStoryline();
   t.after(() => server.stop());

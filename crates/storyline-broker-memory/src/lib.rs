@@ -8,21 +8,25 @@
 //! stories. Use the Redis broker for that.
 //!
 //! Memory: every story keeps at most `max_events` events (fewer with `max_age`); idempotency keys are forgotten
-//! after `idempotency_window` in every story, written to or not; a story entry that holds no events, keys or tails
-//! is removed (so opening streams on made-up story ids costs nothing once they close). The number of stories
-//! with events is not bounded here.
+//! after `idempotency_window` (or the story TTL, if shorter) in every story, written to or not; a story entry that
+//! holds no events, keys or tails is removed (so opening streams on made-up story ids costs nothing once they
+//! close). With a story TTL, a story not appended to for that long is forgotten (events, trimming record and keys
+//! together): at once for whoever looks at it next, and its memory is reclaimed by a sweep that runs with appends
+//! (at most twice the TTL after its last append). Without one, the number of stories with events is not bounded
+//! here.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, Gap, IdempotencyKey, LogBounds, LogRetention, NewEvent, Page,
-    PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
+    Appended, Broker, BrokerError, EventId, EventStream, Fingerprint, Gap, Idempotency, LogBounds, LogRetention,
+    NewEvent, Page, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
 };
+use storyline_core::{MemoryRevocations, Revocations};
 use tokio::sync::Notify;
 
 /// How many events a tail fetches from the log per lock acquisition.
@@ -41,6 +45,11 @@ struct Inner {
     /// Every remembered idempotency key, oldest first. The window is constant, so this is also expiry order, and
     /// sweeping it on each append forgets keys of idle stories too (amortised O(1) per append).
     key_expiry: Mutex<VecDeque<(Instant, StoryId, String)>>,
+    /// With a story TTL: stories to look at for expiry, in the order they were queued (at most one entry per
+    /// story; a story still in use when looked at is queued again).
+    story_expiry: Mutex<VecDeque<(Instant, StoryId)>>,
+    /// The revocation list, shared like the logs by every server on this broker (in one process).
+    revocations: Arc<MemoryRevocations>,
 }
 
 #[derive(Debug, Default)]
@@ -54,15 +63,60 @@ struct LogState {
     events: VecDeque<StoredEvent>,
     last_id: EventId,
     trimmed_through: Option<EventId>,
-    /// Remembered keys, with when they were stored.
-    idempotency: HashMap<String, (Receipt, Instant)>,
+    /// Remembered keys, with the fingerprint of the request that stored them and when they were stored.
+    idempotency: HashMap<String, (Receipt, Fingerprint, Instant)>,
     /// Open tails on this story (an entry with no events, keys or tails is removed).
     tails: usize,
+    /// When the story was last appended to (for the story TTL).
+    last_append: Option<Instant>,
+    /// Whether the story is in the expiry sweep's queue.
+    queued_for_expiry: bool,
 }
 
 impl MemoryBroker {
     pub fn new(retention: Retention) -> Self {
-        Self { inner: Arc::new(Inner { retention, stories: Mutex::default(), key_expiry: Mutex::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                retention,
+                stories: Mutex::default(),
+                key_expiry: Mutex::default(),
+                story_expiry: Mutex::default(),
+                revocations: Arc::default(),
+            }),
+        }
+    }
+
+    /// A story's state, locked, with the story forgotten first if it expired (lazily: whoever looks next sees it
+    /// gone, sweep or not).
+    fn state<'a>(&self, log: &'a StoryLog, now: Instant) -> MutexGuard<'a, LogState> {
+        let mut state = lock(&log.state);
+        state.expire_if_idle(now, self.inner.retention.story_ttl);
+        state
+    }
+
+    /// Forgets stories not appended to for the TTL, and drops their entries when nothing else holds them.
+    fn expire_idle_stories(&self, now: Instant) {
+        let Some(ttl) = self.inner.retention.story_ttl else { return };
+        loop {
+            let due = {
+                let mut queue = lock(&self.inner.story_expiry);
+                match queue.front() {
+                    Some((queued_at, _)) if now.duration_since(*queued_at) >= ttl => queue.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((_, story)) = due else { return };
+            let Some(log) = self.existing_log(&story) else { continue };
+            let mut state = self.state(&log, now);
+            state.queued_for_expiry = false;
+            if state.last_append.is_some() {
+                // Appended to since it was queued: look again a TTL from now (by then it is at most 2 TTLs old).
+                state.queued_for_expiry = true;
+                lock(&self.inner.story_expiry).push_back((now, story.clone()));
+            }
+            drop(state);
+            self.remove_if_unused(&story);
+        }
     }
 
     /// The story's log, created if needed, with `f` run on its state while the map lock is still held, so that
@@ -82,7 +136,7 @@ impl MemoryBroker {
 
     /// Forgets idempotency keys older than the window, in every story.
     fn expire_idempotency_keys(&self, now: Instant) {
-        let window = self.inner.retention.idempotency_window;
+        let window = self.inner.retention.idempotency_ttl();
         loop {
             let expired = {
                 let mut queue = lock(&self.inner.key_expiry);
@@ -95,7 +149,7 @@ impl MemoryBroker {
             if let Some(log) = self.existing_log(&story) {
                 let mut state = lock(&log.state);
                 // Only the entry this queue item recorded (a key can be stored again after it expired).
-                if state.idempotency.get(&key).is_some_and(|(_, at)| *at == stored_at) {
+                if state.idempotency.get(&key).is_some_and(|(_, _, at)| *at == stored_at) {
                     state.idempotency.remove(&key);
                 }
                 drop(state);
@@ -154,6 +208,18 @@ fn now_ms() -> u64 {
 }
 
 impl LogState {
+    /// Forgets the story if it was not appended to for `ttl`: events, trimming record and idempotency keys go
+    /// together. The last id is kept, so ids stay increasing across the story's lives in this process.
+    fn expire_if_idle(&mut self, now: Instant, ttl: Option<Duration>) {
+        let (Some(ttl), Some(last)) = (ttl, self.last_append) else { return };
+        if now.duration_since(last) >= ttl {
+            self.events.clear();
+            self.idempotency.clear();
+            self.trimmed_through = None;
+            self.last_append = None;
+        }
+    }
+
     /// Applies retention after appending `newest`: by age (relative to the newest id's time, as Redis does), then by
     /// count. Records the newest trimmed id so resumes can tell a gap.
     fn trim(&mut self, newest: EventId, retention: &LogRetention) {
@@ -189,26 +255,44 @@ impl Broker for MemoryBroker {
         &self,
         story: &StoryId,
         event: NewEvent,
-        idempotency_key: Option<&IdempotencyKey>,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError> {
         let now = Instant::now();
         self.expire_idempotency_keys(now);
+        self.expire_idle_stories(now);
         let retention = self.inner.retention.for_story(story);
+        let ttl = self.inner.retention.story_ttl;
         let (log, appended) = self.with_log(story, |state| {
-            if let Some(key) = idempotency_key
-                && let Some((receipt, _)) = state.idempotency.get(key.as_str())
+            state.expire_if_idle(now, ttl);
+            // Check and append under one lock: a concurrent append with the same key waits here for this one.
+            if let Some(idem) = idempotency
+                && let Some((receipt, fingerprint, _)) = state.idempotency.get(idem.key.as_str())
             {
+                if *fingerprint != idem.fingerprint {
+                    return Err(BrokerError::IdempotencyKeyMismatch);
+                }
                 return Ok(Appended { receipt: receipt.clone(), duplicate: true });
             }
             let id = state.last_id.next_after(now_ms()).ok_or(BrokerError::IdSpaceExhausted)?;
+            if ttl.is_some() && state.events.is_empty() {
+                // A new story, or one forgotten after its TTL: whatever came before this id is unknown, so a
+                // reader resuming from an older id is told of a gap (guarantee 8), as on Redis.
+                state.trimmed_through = Some(id.just_before());
+            }
             let stored = StoredEvent::from_new(id, story.clone(), event);
             let receipt = stored.receipt();
             state.last_id = id;
             state.events.push_back(stored);
             state.trim(id, &retention);
-            if let Some(key) = idempotency_key {
-                state.idempotency.insert(key.as_str().to_owned(), (receipt.clone(), now));
-                lock(&self.inner.key_expiry).push_back((now, story.clone(), key.as_str().to_owned()));
+            state.last_append = Some(now);
+            if ttl.is_some() && !state.queued_for_expiry {
+                state.queued_for_expiry = true;
+                lock(&self.inner.story_expiry).push_back((now, story.clone()));
+            }
+            if let Some(idem) = idempotency {
+                let remembered = (receipt.clone(), idem.fingerprint.clone(), now);
+                state.idempotency.insert(idem.key.as_str().to_owned(), remembered);
+                lock(&self.inner.key_expiry).push_back((now, story.clone(), idem.key.as_str().to_owned()));
             }
             Ok(Appended { receipt, duplicate: false })
         });
@@ -224,7 +308,7 @@ impl Broker for MemoryBroker {
         Ok(self
             .existing_log(story)
             .map(|log| {
-                let state = lock(&log.state);
+                let state = self.state(&log, Instant::now());
                 Page {
                     gap: Gap::after(after, state.trimmed_through, state.events.front().map(|e| e.id)),
                     events: state.read_after(after, limit.get()),
@@ -249,7 +333,7 @@ impl Broker for MemoryBroker {
                 appended.as_mut().enable();
                 {
                     // The gap check and the read see one state: nothing can be trimmed in between.
-                    let state = lock(&log.state);
+                    let state = guard.broker.state(&log, Instant::now());
                     let gap = Gap::after(cursor, state.trimmed_through, state.events.front().map(|e| e.id));
                     if let (Some(gap), Some(trimmed)) = (gap, state.trimmed_through) {
                         buffer.push_back(TailItem::Gap(gap));
@@ -273,7 +357,7 @@ impl Broker for MemoryBroker {
         Ok(self
             .existing_log(story)
             .map(|log| {
-                let state = lock(&log.state);
+                let state = self.state(&log, Instant::now());
                 LogBounds {
                     oldest: state.events.front().map(|e| e.id),
                     newest: state.events.back().map(|e| e.id),
@@ -286,14 +370,16 @@ impl Broker for MemoryBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
+        Some(self.inner.revocations.clone())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use futures::StreamExt;
-    use storyline_core::{EventData, EventType, Metadata};
+    use storyline_core::{EventData, EventType, IdempotencyKey, Metadata};
 
     use super::*;
 
@@ -331,11 +417,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn abandoned_stories_are_swept_away_after_their_ttl() {
+        let ttl = Duration::from_millis(50);
+        let broker = MemoryBroker::new(Retention { story_ttl: Some(ttl), ..Retention::default() });
+        let key = IdempotencyKey::parse("k").unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..100 {
+            let idem = Idempotency::for_event(key.clone(), &event());
+            broker
+                .append(&story(&format!("abandoned-{n}")), event(), Some(&idem))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(stories(&broker), 100);
+        // Nobody looks at the abandoned stories again: only the sweep that runs with appends elsewhere can free them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stories(&broker) > 1 {
+            assert!(Instant::now() < deadline, "{} abandoned stories were never swept", stories(&broker) - 1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            broker.append(&story("busy"), event(), None).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(broker.existing_log(&story("busy")).is_some(), "the story in use is kept");
+        assert!(lock(&broker.inner.key_expiry).len() <= 100, "the key queue does not grow past the keys stored");
+        assert!(lock(&broker.inner.story_expiry).len() <= 1, "one queue entry per story left");
+    }
+
+    #[tokio::test]
     async fn idempotency_keys_of_idle_stories_expire_too() {
         let window = Duration::from_millis(50);
         let broker = MemoryBroker::new(Retention { idempotency_window: window, ..Retention::default() });
         let key = IdempotencyKey::parse("k").unwrap_or_else(|e| panic!("{e}"));
-        broker.append(&story("idle"), event(), Some(&key)).await.unwrap_or_else(|e| panic!("{e}"));
+        let idem = Idempotency::for_event(key, &event());
+        broker.append(&story("idle"), event(), Some(&idem)).await.unwrap_or_else(|e| panic!("{e}"));
         let idle_keys = || {
             lock(&broker.existing_log(&story("idle")).map(|l| Arc::clone(&l)).unwrap_or_default().state)
                 .idempotency

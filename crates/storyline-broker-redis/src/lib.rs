@@ -24,6 +24,7 @@
 mod codec;
 mod keys;
 mod limits;
+mod revocations;
 mod scripts;
 mod tailer;
 mod unreachable;
@@ -33,7 +34,7 @@ use std::{sync::Arc, time::Duration};
 use fred::{prelude::*, types::scripts::Script};
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, EventType, Gap, IdempotencyKey, LogBounds, NewEvent, Page,
+    Appended, Broker, BrokerError, EventId, EventStream, EventType, Gap, Idempotency, LogBounds, NewEvent, Page,
     PageLimit, Receipt, Retention, StoredEvent, StoryId,
 };
 
@@ -100,6 +101,9 @@ struct Inner {
 
 /// Redis replies that mean "not now" rather than "never".
 const TRANSIENT_REPLIES: &[&str] = &["LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+/// fred's own errors (of kind `Unknown`) that mean the command found no connection, so it was never sent: seen as
+/// a 500 on the first append after Redis went away, when it is an outage like any other.
+const TRANSIENT_CLIENT_ERRORS: &[&str] = &["Failed to route command"];
 
 /// Maps a fred error: connection trouble and transient server states are `Unavailable` (clients get 503 and
 /// retry); any other error reply is `Rejected` (500), because retrying a script error or a wrong-type key forever
@@ -111,7 +115,7 @@ pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
         K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing | K::Sentinel | K::Auth
     );
     let details = e.details();
-    if transient_kind || TRANSIENT_REPLIES.iter().any(|p| details.starts_with(p)) {
+    if transient_kind || TRANSIENT_REPLIES.iter().chain(TRANSIENT_CLIENT_ERRORS).any(|p| details.starts_with(p)) {
         BrokerError::Unavailable(e.to_string())
     } else {
         BrokerError::Rejected(e.to_string())
@@ -253,9 +257,13 @@ fn trim_slack(max_events: std::num::NonZeroUsize) -> usize {
     (max_events.get() / 100).clamp(1, 1_000)
 }
 
+/// An idempotency record, `<id> <type> <ts> <fingerprint>`, as a receipt. Records written before fingerprints
+/// existed have no fourth part (the script treats them as matching any request).
 fn parse_duplicate_receipt(story: &StoryId, prior: &str) -> Result<Receipt, BrokerError> {
     let mut parts = prior.split(' ');
-    let (Some(id), Some(ty), Some(ts), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(id), Some(ty), Some(ts), _fingerprint, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(BrokerError::Corrupt(format!("idempotency record {prior:?}")));
     };
     Ok(Receipt {
@@ -276,30 +284,39 @@ impl Broker for RedisBroker {
         &self,
         story: &StoryId,
         event: NewEvent,
-        idempotency_key: Option<&IdempotencyKey>,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError> {
         let mut keys = vec![keys::log(story), keys::meta(story)];
-        if let Some(key) = idempotency_key {
-            keys.push(keys::idempotency(story, key));
+        if let Some(idem) = idempotency {
+            keys.push(keys::idempotency(story, &idem.key));
         }
-        let window_ms = u64::try_from(self.inner.retention.idempotency_window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let key_ttl_ms = millis(self.inner.retention.idempotency_ttl()).max(1);
+        // 0 = no TTL; a configured TTL is at least 1 ms (0 would mean "none" to the script).
+        let story_ttl_ms = self.inner.retention.story_ttl.map_or(0, |ttl| millis(ttl).max(1));
         let retention = self.inner.retention.for_story(story);
         let mut args = vec![
             retention.max_events.get().to_string(),
             trim_slack(retention.max_events).to_string(),
-            window_ms.to_string(),
+            key_ttl_ms.to_string(),
             format!("{} {}", event.event_type, event.ts),
-            retention.max_age.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)).to_string(),
+            retention.max_age.map_or(0, millis).to_string(),
+            idempotency.map(|idem| idem.fingerprint.as_str().to_owned()).unwrap_or_default(),
+            story_ttl_ms.to_string(),
         ];
         args.extend(codec::fields(&event));
-        let (fresh, answer): (i64, String) =
+        let (outcome, answer): (i64, String) =
             self.inner.append.evalsha_with_reload(self.request_client()?, keys, args).await.map_err(unconfirmed)?;
-        if fresh == 1 {
-            let id = EventId::parse(&answer).map_err(|e| BrokerError::Corrupt(format!("XADD id {answer:?}: {e}")))?;
-            let receipt = Receipt { id, story: story.clone(), event_type: event.event_type, ts: event.ts };
-            Ok(Appended { receipt, duplicate: false })
-        } else {
-            Ok(Appended { receipt: parse_duplicate_receipt(story, &answer)?, duplicate: true })
+        match outcome {
+            1 => {
+                let id =
+                    EventId::parse(&answer).map_err(|e| BrokerError::Corrupt(format!("XADD id {answer:?}: {e}")))?;
+                let receipt = Receipt { id, story: story.clone(), event_type: event.event_type, ts: event.ts };
+                Ok(Appended { receipt, duplicate: false })
+            }
+            0 => Ok(Appended { receipt: parse_duplicate_receipt(story, &answer)?, duplicate: true }),
+            2 => Err(BrokerError::IdempotencyKeyMismatch),
+            other => Err(BrokerError::Corrupt(format!("append script answered {other}"))),
         }
     }
 
@@ -329,6 +346,11 @@ impl Broker for RedisBroker {
 
     fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
         Some(Arc::new(limits::RedisRateLimits::new(self.clone())))
+    }
+
+    /// The revocation list in this Redis, shared by every instance on it (see [`revocations`]).
+    fn revocations(&self) -> Option<Arc<dyn storyline_core::Revocations>> {
+        Some(Arc::new(revocations::RedisRevocations::new(self.clone())))
     }
 }
 
@@ -442,6 +464,8 @@ mod tests {
             let e = Error::new(ErrorKind::Unknown, reply);
             assert!(matches!(unconfirmed(e), BrokerError::Unavailable(_)), "{reply}");
         }
+        let e = Error::new(ErrorKind::Unknown, "Failed to route command.");
+        assert!(matches!(unconfirmed(e), BrokerError::Unavailable(_)), "no connection to send it on: not sent");
         let e = Error::new(ErrorKind::Unknown, "WRONGTYPE Operation against a key holding the wrong kind of value");
         assert!(matches!(unconfirmed(e), BrokerError::Rejected(_)));
     }

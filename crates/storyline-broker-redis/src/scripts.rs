@@ -19,7 +19,14 @@ use std::sync::Weak;
 use fred::prelude::*;
 
 /// Every script the adapter runs, as Lua source.
-pub(crate) const ALL: [&str; 4] = [crate::APPEND_LUA, crate::BOUNDS_LUA, crate::READ_LUA, crate::limits::GCRA_LUA];
+pub(crate) const ALL: [&str; 6] = [
+    crate::APPEND_LUA,
+    crate::BOUNDS_LUA,
+    crate::READ_LUA,
+    crate::limits::GCRA_LUA,
+    crate::revocations::REVOKE_LUA,
+    crate::revocations::SNAPSHOT_LUA,
+];
 
 /// Loads every script through `client`: on a cluster into every primary, else into the one server.
 pub(crate) async fn load_all(client: &Client) -> Result<(), fred::error::Error> {

@@ -224,7 +224,10 @@ impl Tailer {
             loop {
                 match rx.recv().await {
                     Ok(Live::Gap(gap)) => {
-                        if gap.resumed_from > last {
+                        // `ZERO` means "from the oldest retained": no gap before it, as in `Gap::after` (a story's
+                        // first append under a TTL records its unknown past as trimmed; a reader that knew nothing
+                        // of it lost nothing).
+                        if gap.resumed_from > last && !last.is_zero() {
                             let gap = Gap { requested: last, resumed_from: gap.resumed_from };
                             if !yielder.send(Ok(TailItem::Gap(gap))).await {
                                 return true;

@@ -269,6 +269,65 @@ async fn a_reader_resumes_on_the_other_instance_with_no_loss_or_duplicate() {
     assert_eq!(seen, b.all_ids("tale").await, "both instances read the same log");
 }
 
+/// With a story TTL on a cluster, each story's stream, metadata and idempotency keys (all in its slot, on its
+/// master) carry the expiry and vanish together; a reader resuming from an id of the expired story, on the other
+/// instance, gets a `gap` frame before the new story's first event, never a silent hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_story_ttl_keys_expire_together_on_every_master_and_a_resumed_reader_gets_a_gap() {
+    const TTL: Duration = Duration::from_millis(1_500);
+    // Arrange: two instances with the TTL; a story on each master written through instance A.
+    let cluster = RedisCluster::start();
+    let retention = Retention { story_ttl: Some(TTL), ..Retention::default() };
+    let a = spawn_app(Arc::new(connect(&cluster.url(), retention.clone()).await)).await;
+    let b = spawn_app(Arc::new(connect(&cluster.url(), retention).await)).await;
+    let redis = Client::new(Config::from_url(&cluster.url()).unwrap(), None, None, None);
+    redis.init().await.unwrap();
+    let stories: Vec<StoryId> = stories_across_the_cluster().into_iter().step_by(2).take(3).collect();
+    let mut first_ids = Vec::new();
+    for s in &stories {
+        let request = a.post_event_request(s.as_str(), &json!({"type": "chapter", "data": 1}));
+        let receipt: serde_json::Value =
+            request.header("idempotency-key", "k").send().await.unwrap().json().await.unwrap();
+        first_ids.push(receipt["id"].as_str().unwrap().to_owned());
+        a.publish(s.as_str(), "chapter", json!(2)).await;
+    }
+    let keys_of = |s: &StoryId| ["log", "meta", "idem:k"].map(|suffix| format!("storyline:{{{s}}}:{suffix}"));
+
+    // Assert: every key of every story expires within the TTL, the idempotency key no later than its stream.
+    for s in &stories {
+        let mut ttls = Vec::new();
+        for key in keys_of(s) {
+            ttls.push(redis.pttl::<i64, _>(key).await.unwrap());
+        }
+        assert!(ttls.iter().all(|t| (1..=1_500).contains(t)), "{s} (slot {}): expiries {ttls:?}", slot_of(s));
+        assert!(ttls[2] <= ttls[0], "{s}: the idempotency key does not outlive the stream: {ttls:?}");
+    }
+    storyline_testkit::poll_until("every story's keys to expire", ITEM, || async {
+        let mut left = 0;
+        for s in &stories {
+            left += redis.exists::<i64, _>(keys_of(s).to_vec()).await.unwrap();
+        }
+        (left == 0).then_some(())
+    })
+    .await;
+
+    // Act: each story starts afresh through B; a reader resumes on A from the expired story's first id.
+    for (s, old) in stories.iter().zip(&first_ids) {
+        let reused = b.post_event_request(s.as_str(), &json!({"type": "chapter", "data": "new"}));
+        let reused = reused.header("idempotency-key", "k").send().await.unwrap();
+        assert_eq!(reused.status(), 201, "{s}: the key expired with its story: a new event, not 422");
+        let new: serde_json::Value = reused.json().await.unwrap();
+        let mut reader = a.open_stream(s.as_str(), Some(old)).await;
+
+        // Assert
+        let gap = reader.next_event(ITEM).await;
+        assert_eq!(gap.event.as_deref(), Some("gap"), "{s}: a gap frame first, not a silent hole: {gap:?}");
+        assert_eq!(gap.json()["requested"], json!(old), "{s}: the gap starts at the resume id");
+        let next = reader.next_event(ITEM).await;
+        assert_eq!(next.id.as_deref(), new["id"].as_str(), "{s}: then the new story's first event");
+    }
+}
+
 /// fred's URL forms pick the deployment: a `redis-sentinel://` URL naming its service is accepted (the broker
 /// starts not-ready while no sentinel answers), one without the service name is a configuration error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +356,8 @@ fn script_shas() -> Vec<String> {
         include_str!("../scripts/bounds.lua"),
         include_str!("../scripts/read.lua"),
         include_str!("../scripts/gcra.lua"),
+        include_str!("../scripts/revoke.lua"),
+        include_str!("../scripts/revocations.lua"),
     ]
     .map(fred::util::sha1_hash)
     .to_vec()

@@ -12,11 +12,13 @@ use storyline_core::{Broker, EventData, EventType, Metadata, NewEvent, StoryId};
 use storyline_testkit::{RedisServer, poll_until};
 
 /// Every script the adapter runs.
-const SCRIPTS: [&str; 4] = [
+const SCRIPTS: [&str; 6] = [
     include_str!("../scripts/append.lua"),
     include_str!("../scripts/bounds.lua"),
     include_str!("../scripts/read.lua"),
     include_str!("../scripts/gcra.lua"),
+    include_str!("../scripts/revoke.lua"),
+    include_str!("../scripts/revocations.lua"),
 ];
 
 /// How long a test waits for the broker to reconnect and reload.
@@ -69,7 +71,7 @@ async fn every_script_is_loaded_at_connect_before_any_command_runs() {
 
     // Assert: nothing has run yet, and every script is there.
     let redis = plain(&server).await;
-    assert_eq!(loaded(&redis).await, [true; 4], "append, bounds, read and gcra loaded at connect");
+    assert_eq!(loaded(&redis).await, [true; 6], "every script loaded at connect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +87,7 @@ async fn after_redis_restarts_the_scripts_are_back_before_any_append_and_the_fir
     let redis = plain(&server).await;
     poll_until("every script loaded again after the restart", RECONNECT, || {
         let redis = redis.clone();
-        async move { (loaded(&redis).await == [true; 4]).then_some(()) }
+        async move { (loaded(&redis).await == [true; 6]).then_some(()) }
     })
     .await;
 

@@ -251,7 +251,9 @@ impl Client {
                 },
                 Err(e) => transport(e, self.inner.request_timeout),
             };
-            if matches!(error, Error::Unauthenticated(_)) && !refreshed && self.refresh(token.as_ref()).await?.is_some()
+            if matches!(error, Error::Unauthenticated(_) | Error::TokenRevoked(_))
+                && !refreshed
+                && self.refresh(token.as_ref()).await?.is_some()
             {
                 // A new token is not a retry of a failure: no wait, and it does not use up an attempt.
                 refreshed = true;

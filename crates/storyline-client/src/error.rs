@@ -118,6 +118,9 @@ problems! {
     BadCursor = "bad-cursor",
     /// 400: the `Idempotency-Key` is not 1 to 128 visible ASCII characters.
     BadIdempotencyKey = "bad-idempotency-key",
+    /// 422: the `Idempotency-Key` was already used on this story for a different event; nothing was stored. Not
+    /// retried: a new event needs a new key.
+    IdempotencyKeyMismatch = "idempotency-key-mismatch",
     /// 400: the body is not JSON.
     MalformedJson = "malformed-json",
     /// 400: the body ended before it was complete.
@@ -130,6 +133,12 @@ problems! {
     InvalidEvent = "invalid-event",
     /// 401: missing, invalid or expired token (after one refresh from the token source).
     Unauthenticated = "unauthenticated",
+    /// 401: the token was revoked (by its `jti`, or every token of its `sub`). Never retried with that token: the
+    /// token source is asked once for a different one.
+    TokenRevoked = "token-revoked",
+    /// 422: a revocation request that names not exactly one of `jti` and `sub`, or an `until` not in the next ten
+    /// years.
+    InvalidRevocation = "invalid-revocation",
     /// 403: the token lacks the scope for this story.
     Forbidden = "forbidden",
     /// 431: the request headers are too large.

@@ -59,5 +59,5 @@ pub use event::{Envelope, Event, Gap, HistoryPage, HistoryQuery, Receipt};
 pub use retry::RetryPolicy;
 pub use storyline_core::{EventId, EventType, IdempotencyKey, StoryId};
 pub use stream::{Connection, Item, StreamFrame, SubscribeOptions, Subscription, SubscriptionStats};
-pub use tls::{http_client_builder, http1_client_builder};
+pub use tls::{http_client_builder, http1_client_builder, rustls_config_with_roots};
 pub use token::TokenSource;

@@ -5,6 +5,10 @@
 //! A subscription keeps the id of the last event it delivered and reopens after anything that ends a connection,
 //! sending it as `Last-Event-ID`:
 //! - `token-expired` frame, or a 401 at open: a new token from the token source, reopen at once;
+//! - `token-revoked` frame: the token is refused for good, so the subscription never reopens with it. It asks the
+//!   token source once for a different token and reopens with that (a revoked `jti` leaves the principal's other
+//!   tokens valid); without a source, or if the source gives the same token back, or if the new token is refused
+//!   too (`token-revoked` at open: its `sub` was revoked), it ends with [`Error::TokenRevoked`];
 //! - the server ended the stream (a drain, a restart): reopen after the server's `retry:` hint, jittered;
 //! - 503/429 at open: after `Retry-After`, jittered; network errors and silence past the idle timeout: capped
 //!   exponential backoff with full jitter.
@@ -28,7 +32,7 @@ use std::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use reqwest::header;
-use storyline_core::{EventId, GAP_EVENT, StoryId, TOKEN_EXPIRED_EVENT};
+use storyline_core::{EventId, GAP_EVENT, StoryId, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT};
 
 use crate::{
     Client,
@@ -51,6 +55,11 @@ pub enum StreamFrame {
     /// The token expired; the server closes the stream after this frame.
     TokenExpired {
         expired_at: Option<u64>,
+    },
+    /// The token was revoked (`revoked`: `jti` or `sub`, what the revocation named); the server closes the stream
+    /// after this frame and refuses the token from now on.
+    TokenRevoked {
+        revoked: Option<String>,
     },
     /// A reconnection hint: sent first on every stream, and again just before a draining server ends it.
     Retry(Duration),
@@ -124,6 +133,15 @@ fn classify(frame: Frame<'_>) -> Option<Result<StreamFrame, Error>> {
             serde_json::from_slice::<Expired>(data)
                 .map(|e| StreamFrame::TokenExpired { expired_at: e.expired_at })
                 .map_err(|e| decode("token-expired", e))
+        }
+        Some(name) if name == TOKEN_REVOKED_EVENT.as_bytes() => {
+            #[derive(serde::Deserialize)]
+            struct Revoked {
+                revoked: Option<String>,
+            }
+            serde_json::from_slice::<Revoked>(data)
+                .map(|r| StreamFrame::TokenRevoked { revoked: r.revoked })
+                .map_err(|e| decode("token-revoked", e))
         }
         Some(name) if name.starts_with(RESERVED_PREFIX.as_bytes()) => return None,
         _ => {
@@ -206,6 +224,7 @@ impl Client {
             connection: None,
             refresh: false,
             stale: None,
+            revoked: None,
             failures: 0,
             retry_hint: DEFAULT_RETRY_HINT,
             wait: None,
@@ -311,6 +330,8 @@ struct Resumer {
     /// Get a new token before the next open, to replace `stale` (refused with a 401, or `token-expired`).
     refresh: bool,
     stale: Option<Arc<str>>,
+    /// `stale` was revoked (a `token-revoked` frame, saying by what): never reopen with it.
+    revoked: Option<Option<String>>,
     /// Consecutive failures with no hint, for the backoff.
     failures: u32,
     /// The server's latest `retry:` hint.
@@ -361,6 +382,11 @@ impl Resumer {
                     self.stale = self.connection.take().and_then(|c| c.token);
                     self.refresh = true;
                 }
+                Ok(Some(StreamFrame::TokenRevoked { revoked })) => {
+                    self.stale = self.connection.take().and_then(|c| c.token);
+                    self.refresh = true;
+                    self.revoked = Some(revoked);
+                }
                 Ok(None) => {
                     // The server ended it (a drain, a restart): come back after its hint, which it jitters.
                     self.connection = None;
@@ -391,6 +417,21 @@ impl Resumer {
                 (true, Some(stale)) => self.client.refresh(Some(&stale)).await?,
                 _ => None,
             };
+            if let Some(revoked) = self.revoked.take()
+                && refreshed.is_none()
+            {
+                // No other token to try: the revoked one is never sent again.
+                return Err(Error::TokenRevoked(crate::error::Problem {
+                    problem_type: format!("{}token-revoked", crate::error::PROBLEM_TYPE_PREFIX),
+                    title: "Token revoked".into(),
+                    status: 401,
+                    detail: format!(
+                        "the stream ended with a token-revoked frame (revoked by {}) and the token source has no other token",
+                        revoked.as_deref().unwrap_or("?")
+                    ),
+                    retry_after: None,
+                }));
+            }
             let token = match refreshed {
                 Some(fresh) => {
                     bump(&self.stats.token_refreshes);
@@ -405,7 +446,7 @@ impl Resumer {
                 }
                 Err(e) => e,
             };
-            if matches!(error, Error::Unauthenticated(_)) && !refused_once && token.is_some() {
+            if matches!(error, Error::Unauthenticated(_) | Error::TokenRevoked(_)) && !refused_once && token.is_some() {
                 refused_once = true;
                 self.refresh = true;
                 self.stale = token;
@@ -447,9 +488,10 @@ mod tests {
             id: 5-0\nevent: chapter\ndata: {\"id\":\"5-0\",\"story\":\"s\",\"type\":\"chapter\",\"data\":1,\"author\":\"a\",\"ts\":5}\n\n\
             event: gap\ndata: {\"requested\":\"1-0\",\"resumed_from\":\"4-0\"}\n\n\
             event: storyline.future\ndata: {}\n\n\
-            event: token-expired\ndata: {\"expired_at\":99}\n\n";
+            event: token-expired\ndata: {\"expired_at\":99}\n\n\
+            event: token-revoked\ndata: {\"revoked\":\"sub\"}\n\n";
         let got = frames(input);
-        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got.len(), 5, "{got:?}");
         assert_eq!(got[0], Ok(StreamFrame::Retry(Duration::from_millis(1500))));
         assert!(matches!(&got[1], Ok(StreamFrame::Event(e)) if e.id == EventId::new(5, 0) && e.data == 1));
         assert_eq!(
@@ -457,6 +499,7 @@ mod tests {
             Ok(StreamFrame::Gap(Gap { requested: EventId::new(1, 0), resumed_from: EventId::new(4, 0) }))
         );
         assert_eq!(got[3], Ok(StreamFrame::TokenExpired { expired_at: Some(99) }));
+        assert_eq!(got[4], Ok(StreamFrame::TokenRevoked { revoked: Some("sub".into()) }));
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub(crate) fn client_config(extra_roots: Vec<CertificateDer<'static>>, https: bo
     Ok(config)
 }
 
+/// This crate's rustls client configuration (ring, the system's roots through the platform verifier, ALPN `h2`
+/// then `http/1.1`) trusting, besides the system's roots, the CA certificates in `extra_roots_pem` (PEM, at least
+/// one): for programs that build an HTTPS client of their own against a private CA (the storyline binary's
+/// OTLP/HTTP exporter, whose client is reqwest's blocking one).
+pub fn rustls_config_with_roots(extra_roots_pem: &[u8]) -> Result<ClientConfig, Error> {
+    client_config(parse_pem_roots(extra_roots_pem)?, true)
+}
+
 /// A reqwest client builder with this crate's TLS (ring, the system's roots, ALPN `h2` then `http/1.1`), for
 /// programs that make their own requests beside a [`crate::Client`] (storyline-bench): reqwest in this build has
 /// no crypto provider of its own, so a plain `reqwest::Client::new()` panics unless the process installed one.

@@ -7,10 +7,15 @@
 //!    reused, even after the event is trimmed.
 //! 2. **Durability of the answer.** `append` returns `Ok` only once the event is in the log; every later read sees
 //!    it until retention trims it.
-//! 3. **Idempotency.** With an [`IdempotencyKey`], the first append within the idempotency window stores the
-//!    event; every later append with the same key on the same story, within the window, stores nothing and returns
-//!    the first append's [`Receipt`] with `duplicate: true`. Check and append are one atomic step: two concurrent
-//!    appends with one key store one event.
+//! 3. **Idempotency.** With an [`Idempotency`] (a key and the [`Fingerprint`](crate::Fingerprint) of the
+//!    request), the first append within the idempotency window stores the event and remembers its receipt with the
+//!    fingerprint. A later append with the same key on the same story, within the window, stores nothing: with the
+//!    same fingerprint it returns the first append's [`Receipt`] with `duplicate: true`; with another fingerprint
+//!    (the key reused for a different request) it fails with [`BrokerError::IdempotencyKeyMismatch`]. Check and
+//!    append are one atomic step, serialised per key: two concurrent appends with one key store one event, and the
+//!    second waits for the first and is answered as a later one would be (duplicate or mismatch), never "in
+//!    flight". A key remembered without a fingerprint (a Redis record written before fingerprints existed) is
+//!    taken to match: it answers with its receipt, as it did when it was written.
 //! 4. **Order.** [`Broker::read_after`] and [`Broker::tail`] yield events with ids strictly greater than the given
 //!    id, in id order, each exactly once.
 //! 5. **Tail.** [`Broker::tail`] first yields what is already in the log after the id, then waits for and yields
@@ -25,12 +30,19 @@
 //!    connection broke or the timeout passed before the answer) fails with [`BrokerError::Unconfirmed`] instead:
 //!    the event may or may not be in the log, and only a retry with the same [`IdempotencyKey`] settles which
 //!    without storing it twice. `Unavailable` from an append means nothing was stored.
+//! 8. **Expiry.** With [`Retention::story_ttl`], a story not appended to for that long is forgotten: its events,
+//!    its trimming record and its idempotency keys go together (no key outlives its story, so a later story under
+//!    the same id never answers with a receipt of the forgotten one). The next append starts the story afresh, with
+//!    an id from the clock (above the forgotten ids unless the clock went back by more than the TTL). That first
+//!    append records everything before its id as trimmed, so a reader resuming with an id of the forgotten story
+//!    is told of a [`Gap`] (on a read, on a tail's catch-up and on a tail that is live when it happens), never left
+//!    with a silent hole; a reader starting from [`EventId::ZERO`] gets no gap, as ever.
 
 use std::{collections::BTreeMap, fmt, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
 
-use crate::{EventId, IdempotencyKey, NewEvent, Receipt, StoredEvent, StoryId};
+use crate::{EventId, Idempotency, NewEvent, Receipt, Revocations, StoredEvent, StoryId};
 
 /// Default and maximum page sizes for [`Broker::read_after`].
 pub const DEFAULT_PAGE_LIMIT: usize = 100;
@@ -80,6 +92,10 @@ pub struct Retention {
     /// Per-namespace retention (the namespace: [`StoryId::namespace`]), replacing [`Retention::log`] for the stories of
     /// that namespace.
     pub namespaces: Arc<BTreeMap<String, LogRetention>>,
+    /// A story not appended to for this long is forgotten, events and idempotency keys together (guarantee 8).
+    /// `None` keeps stories until retention trims them. Idempotency keys are then remembered for the shorter of
+    /// the window and this.
+    pub story_ttl: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -88,6 +104,7 @@ impl Default for Retention {
             log: LogRetention { max_events: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN), max_age: None },
             idempotency_window: Duration::from_secs(24 * 60 * 60),
             namespaces: Arc::default(),
+            story_ttl: None,
         }
     }
 }
@@ -96,6 +113,12 @@ impl Retention {
     /// What `story` keeps: its namespace's retention if it has one, else the defaults.
     pub fn for_story(&self, story: &StoryId) -> LogRetention {
         self.namespaces.get(story.namespace()).copied().unwrap_or(self.log)
+    }
+
+    /// How long an idempotency key is remembered: the window, or the story TTL if that is shorter (a key must not
+    /// outlive its story).
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.story_ttl.map_or(self.idempotency_window, |ttl| ttl.min(self.idempotency_window))
     }
 
     /// The same, with `namespace`'s stories keeping `retention`.
@@ -155,6 +178,10 @@ pub enum BrokerError {
     /// The story's log cannot take another id (the sequence within a millisecond overflowed).
     #[error("story log is full: no further ids can be assigned")]
     IdSpaceExhausted,
+    /// The idempotency key was used on this story, within the window, for a request with another fingerprint
+    /// (another type or data): nothing was stored. Retrying will not help; a new request needs a new key.
+    #[error("the idempotency key was already used for a different request")]
+    IdempotencyKeyMismatch,
     /// The store refused the operation for a reason retrying will not fix (an incompatible server version, a
     /// wrong-type key, a script error): a bug or a misconfiguration, not an outage.
     #[error("broker rejected the operation: {0}")]
@@ -210,12 +237,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// A short, stable name for logs (`memory`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// Appends an event, or answers an earlier append with the same idempotency key.
+    /// Appends an event, or answers an earlier append with the same idempotency key (guarantee 3).
     async fn append(
         &self,
         story: &StoryId,
         event: NewEvent,
-        idempotency_key: Option<&IdempotencyKey>,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError>;
 
     /// Up to `limit` events with ids greater than `after`, oldest first, and the gap if events right after
@@ -234,6 +261,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// A rate-limit store shared by every instance on this broker's store, if it has one (see
     /// [`RateLimitStore`](crate::RateLimitStore)). `None` (the default): limits stay per instance.
     fn rate_limits(&self) -> Option<Arc<dyn crate::RateLimitStore>> {
+        None
+    }
+
+    /// An optional capability: the revocation list kept in this broker's store, shared by every instance that uses
+    /// it (see [`Revocations`]). `None` (the default): the store keeps none, and each server keeps its own.
+    fn revocations(&self) -> Option<Arc<dyn Revocations>> {
         None
     }
 }

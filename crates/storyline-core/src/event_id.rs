@@ -47,6 +47,16 @@ impl EventId {
         *self == Self::ZERO
     }
 
+    /// The greatest id below `self` (`ZERO` stays `ZERO`): what a story's first append records as trimmed when
+    /// the story may have had a forgotten past (see the broker contract, guarantee 8).
+    pub fn just_before(self) -> Self {
+        match (self.ms, self.seq) {
+            (0, 0) => Self::ZERO,
+            (ms, 0) => Self { ms: ms - 1, seq: u64::MAX },
+            (ms, seq) => Self { ms, seq: seq - 1 },
+        }
+    }
+
     /// The next id a broker would assign at time `now_ms` after `self`, the Redis way.
     pub fn next_after(self, now_ms: u64) -> Option<Self> {
         if now_ms > self.ms {
@@ -143,6 +153,15 @@ mod tests {
         assert_eq!(last.next_after(100), Some(EventId::new(100, 5)));
         assert_eq!(last.next_after(50), Some(EventId::new(100, 5)), "clock went backwards");
         assert_eq!(EventId::new(1, u64::MAX).next_after(1), None);
+    }
+
+    #[test]
+    fn just_before_is_the_greatest_smaller_id() {
+        assert_eq!(EventId::new(100, 4).just_before(), EventId::new(100, 3));
+        assert_eq!(EventId::new(100, 0).just_before(), EventId::new(99, u64::MAX));
+        assert_eq!(EventId::ZERO.just_before(), EventId::ZERO);
+        let id = EventId::new(100, 0);
+        assert_eq!(EventId::parse(&id.just_before().to_string()), Ok(id.just_before()), "round-trips as text");
     }
 
     #[test]

@@ -8,8 +8,10 @@ pub const MAX_EVENT_TYPE_LEN: usize = 64;
 pub const GAP_EVENT: &str = "gap";
 /// The event name of the last frame of a stream whose token expired.
 pub const TOKEN_EXPIRED_EVENT: &str = "token-expired";
+/// The event name of the last frame of a stream whose token was revoked (see [`crate::Revocations`]).
+pub const TOKEN_REVOKED_EVENT: &str = "token-revoked";
 /// Event names storyline sends itself on a stream; writers may not use them.
-const RESERVED: &[&str] = &[GAP_EVENT, TOKEN_EXPIRED_EVENT];
+const RESERVED: &[&str] = &[GAP_EVENT, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT];
 /// Prefix reserved for storyline's own future frames.
 const RESERVED_PREFIX: &str = "storyline.";
 

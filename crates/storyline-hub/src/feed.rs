@@ -15,6 +15,12 @@ use crate::{Delivery, EventFrame, HubConfig, Inner, Observer, ResumeOutcome};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Where the upstream of a story with nothing known (`ZERO`) asks its tail from: the smallest id after `ZERO`. A
+/// tail at `ZERO` ("from the oldest retained") reports no gap, but a story that expired and started afresh (a
+/// story TTL) records its forgotten past as trimmed, and readers of the window who resume from an id of that past
+/// must hear of it: from here the tail reports it as a gap entry. No event has an id at or below it (the clock's
+/// millisecond is part of every id), so the window still holds every event after `ZERO`.
+const JUST_AFTER_ZERO: EventId = EventId::new(0, 1);
 
 /// What a window holds: an encoded event frame, or a note that the upstream itself lost events to retention.
 #[derive(Debug, Clone)]
@@ -154,7 +160,7 @@ pub(crate) async fn upstream(shared: Arc<FeedShared>, feed: Weak<Feed>) {
     shared.write().base = Some(cursor);
     shared.changed.notify_waiters();
     loop {
-        let mut tail = broker.tail(&story, cursor);
+        let mut tail = broker.tail(&story, cursor.max(JUST_AFTER_ZERO));
         while let Some(item) = tail.next().await {
             match item {
                 Ok(TailItem::Event(event)) => {
@@ -257,6 +263,9 @@ impl Reader {
                     self.pending.push_back(Delivery::Event(Arc::clone(frame)));
                     self.cursor = frame.id;
                 }
+                // A reader at `ZERO` asked for whatever is retained: no gap for it (as `Gap::after` has it). Its
+                // cursor stays, so the events after the gap (all after `ZERO`) come next.
+                Entry::Gap(_) if self.cursor.is_zero() => {}
                 Entry::Gap(gap) => {
                     self.resumed(feed, ResumeOutcome::Gap);
                     self.pending
@@ -264,7 +273,8 @@ impl Reader {
                 }
             }
         }
-        Fill::Filled
+        // Only a skipped gap: nothing to hand out until the upstream brings the events after it.
+        if self.pending.is_empty() { Fill::Wait } else { Fill::Filled }
     }
 
     /// Reports how a resume turned out, once: the first time the reader's position meets the story.

@@ -14,7 +14,7 @@ use std::{
 use storyline_broker_memory::MemoryBroker;
 use storyline_broker_redis::{RedisBroker, RedisConfig};
 use storyline_core::{
-    Appended, Broker, BrokerError, EventData, EventId, EventStream, EventType, IdempotencyKey, LogBounds, Metadata,
+    Appended, Broker, BrokerError, EventData, EventId, EventStream, EventType, Idempotency, LogBounds, Metadata,
     NewEvent, Page, PageLimit, Retention, StoryId,
 };
 use storyline_hub::{Bytes, EventMeters, Hub, HubConfig, Observer, ResumeOutcome, Subscription};
@@ -34,7 +34,7 @@ impl Broker for CountingTails {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
-    async fn append(&self, s: &StoryId, e: NewEvent, k: Option<&IdempotencyKey>) -> Result<Appended, BrokerError> {
+    async fn append(&self, s: &StoryId, e: NewEvent, k: Option<&Idempotency>) -> Result<Appended, BrokerError> {
         self.inner.append(s, e, k).await
     }
     async fn read_after(&self, s: &StoryId, a: EventId, l: PageLimit) -> Result<Page, BrokerError> {

@@ -5,11 +5,11 @@
 //!
 //! Nothing in it is retyped from the code. It is generated from:
 //! - the payload schemas of the same Rust types utoipa documents in the OpenAPI document ([`EnvelopeBody`],
-//!   [`GapData`], [`TokenExpiredData`], [`PublishRequest`], [`ReceiptBody`], [`Problem`]), through their
+//!   [`GapData`], [`TokenExpiredData`], [`TokenRevokedData`], [`PublishRequest`], [`ReceiptBody`], [`Problem`]), through their
 //!   `ToSchema` implementations; the frame bodies' types are the ones their encoders serialize;
 //! - the OpenAPI document itself ([`ApiDoc`]) for the channel addresses, HTTP methods, parameters, security and
 //!   refusals, so that the two documents cannot disagree;
-//! - the event names the code writes ([`GAP_EVENT`], [`TOKEN_EXPIRED_EVENT`]);
+//! - the event names the code writes ([`GAP_EVENT`], [`TOKEN_EXPIRED_EVENT`], [`TOKEN_REVOKED_EVENT`]);
 //! - one example frame per message, written by the server's own encoders (`encode_event`, `encode_gap`, the
 //!   stream route's `retry:`, `token-expired` and heartbeat frames) and read back with the SSE parser of
 //!   [`storyline_hub::take_frame`]. `x-sse-frame` shows those bytes; the parsed fields are the example's headers
@@ -29,6 +29,7 @@ use bytes::BytesMut;
 use serde_norway::{Mapping, Value};
 use storyline_core::{
     EventData, EventId, EventType, GAP_EVENT, Gap, Metadata, StoredEvent, StoryId, TOKEN_EXPIRED_EVENT,
+    TOKEN_REVOKED_EVENT,
 };
 use storyline_hub::{EventFrame, EventMeters, SseFrame, encode_event, encode_gap, encode_story_gap, take_frame};
 use utoipa::{OpenApi, ToSchema};
@@ -37,9 +38,10 @@ use crate::{
     error::{ApiError, Problem},
     openapi::{
         ApiDoc, CURSOR_PATTERN, EnvelopeBody, GapData, PublishRequest, ReceiptBody, StoryGapData, TokenExpiredData,
+        TokenRevokedData,
     },
     routes::{
-        stream::{HEARTBEAT, encode_retry, encode_token_expired},
+        stream::{HEARTBEAT, encode_retry, encode_token_expired, encode_token_revoked},
         streams::cursor_line,
     },
 };
@@ -195,7 +197,8 @@ A story's events as Server-Sent Events: one HTTP `GET` answered `200` with an en
 
 1. `retry: <ms>`: the reconnection delay for `EventSource`, `STORYLINE_RETRY_MS` plus up to 50% jitter per \
 connection, so that readers dropped together do not come back together.
-2. `gap`, when events due to the reader were trimmed by retention before it could get them.
+2. `gap`, when events due to the reader were trimmed by retention before it could get them, or went with their \
+story when it expired (`STORYLINE_STORY_TTL_SECS`).
 3. The story's events, in id order, one frame each (`id`, `event` = the event type, `data` = the envelope). \
 Later `gap` frames may come between them if the reader fell behind retention.
 4. `: keep-alive` comments every `STORYLINE_HEARTBEAT_SECS` (default 15), throughout.
@@ -304,7 +307,8 @@ cannot set headers); the header wins, and an empty value counts as none.
 
 When the resume point is older than the retained history (`STORYLINE_RETENTION_*`), a `gap` frame comes first: \
 `requested` is the id asked for, `resumed_from` the oldest retained event, delivered next. A resume id newer than \
-anything in the story (a reset store) also gets a `gap`, then the retained history. Never a silent hole. \
+anything in the story (a reset store) also gets a `gap`, then the retained history; so does a resume id of a story \
+that expired (`STORYLINE_STORY_TTL_SECS`) and started afresh. Never a silent hole. \
 `gap` and `token-expired` frames carry no `id`, so the client's last event id stays on the last event delivered: \
 reconnecting with it loses nothing.
 
@@ -390,9 +394,10 @@ fn publish_operation(publish: &Operation<'_>) -> Result<Value, AsyncApiError> {
 }
 
 /// The stream channel's messages (component keys), in the order the descriptions present them.
-const STREAM_MESSAGES: [&str; 5] = ["storyEvent", "gap", "tokenExpired", "retry", "keepAlive"];
+const STREAM_MESSAGES: [&str; 6] = ["storyEvent", "gap", "tokenExpired", "tokenRevoked", "retry", "keepAlive"];
 /// The many-story stream channel's messages: its own event, cursor and gap frames, then the frames it shares.
-const STREAMS_MESSAGES: [&str; 6] = ["storiesEvent", "cursor", "storyGap", "tokenExpired", "retry", "keepAlive"];
+const STREAMS_MESSAGES: [&str; 7] =
+    ["storiesEvent", "cursor", "storyGap", "tokenExpired", "tokenRevoked", "retry", "keepAlive"];
 /// The events channel's messages: the request first, then the replies.
 const EVENTS_MESSAGES: [&str; 4] = ["publishEvent", "receiptCreated", "receiptRepeated", "problem"];
 
@@ -421,6 +426,11 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
         &encode_gap(Gap { requested: EventId::new(1_732_406_000_000, 3), resumed_from: fixture.event.id }),
     )?;
     let token_expired = Example::from_frame("tokenExpired", &encode_token_expired(1_732_410_000))?;
+    let revoked_by_sub = storyline_core::Revocation {
+        target: storyline_core::RevocationTarget::sub("mallory").map_err(|e| AsyncApiError::Fixture(e.to_string()))?,
+        until: 1_732_500_000,
+    };
+    let token_revoked = Example::from_frame("tokenRevoked", &encode_token_revoked(&revoked_by_sub))?;
     let retry = Example::from_frame("retry", &encode_retry(Duration::from_millis(2000)))?;
     let keep_alive = Example::from_frame("keepAlive", HEARTBEAT)?;
     // A stream of two stories, `demo` and one with no event yet, framed as the many-story route frames them: its
@@ -462,7 +472,7 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
                     "pattern" => type_pattern.as_str(),
                     "not" => map! {
                         "anyOf" => vec![
-                            map! { "enum" => vec![GAP_EVENT, TOKEN_EXPIRED_EVENT] },
+                            map! { "enum" => vec![GAP_EVENT, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT] },
                             map! { "pattern" => RESERVED_TYPE_PATTERN },
                         ],
                     },
@@ -569,6 +579,22 @@ fn messages(schemas: &Schemas, publish: &Operation<'_>) -> Result<Value, AsyncAp
             "payload" => schemas.reference::<TokenExpiredData>(),
             "examples" => vec![token_expired.example("expired", "The last frame of a stream whose token expired")],
             "x-sse-frame" => token_expired.bytes.as_str(),
+        },
+        "tokenRevoked" => map! {
+            "name" => TOKEN_REVOKED_EVENT,
+            "title" => "Token revoked",
+            "summary" => "The reader's token was revoked; this is the stream's last frame and the server closes it.",
+            "description" => "Sent within one heartbeat period of an admin revoking the token (`POST \
+                /v1/admin/revocations`): by its `jti` (`revoked: jti`, this token alone) or every token of its \
+                `sub` (`revoked: sub`). The server then ends the stream and answers the token 401 \
+                `token-revoked` from then on: do not reconnect with it. A client that can get a new token may \
+                try once with it and `Last-Event-ID` (a new token of a revoked `sub` is refused too). No `id` \
+                field.",
+            "contentType" => "application/json",
+            "headers" => sse_fields(&["event"], map! { "event" => map! { "const" => TOKEN_REVOKED_EVENT } }),
+            "payload" => schemas.reference::<TokenRevokedData>(),
+            "examples" => vec![token_revoked.example("bySub", "The last frame of a stream whose subject was revoked")],
+            "x-sse-frame" => token_revoked.bytes.as_str(),
         },
         "retry" => map! {
             "name" => "retry",
@@ -856,6 +882,8 @@ impl Schemas {
             entry::<GapData>()?,
             entry::<StoryGapData>()?,
             entry::<TokenExpiredData>()?,
+            entry::<TokenRevokedData>()?,
+            entry::<crate::openapi::RevokedBy>()?,
             entry::<PublishRequest>()?,
             entry::<ReceiptBody>()?,
             entry::<Problem>()?,
@@ -1027,10 +1055,12 @@ mod tests {
         let messages: Vec<&Value> =
             operation["messages"].as_sequence().unwrap().iter().map(|r| resolve(&doc, resolve(&doc, r))).collect();
         let names: BTreeSet<&str> = messages.iter().filter_map(|m| m["name"].as_str()).collect();
-        for name in [GAP_EVENT, TOKEN_EXPIRED_EVENT, "keep-alive", "retry", "story-event"] {
+        for name in [GAP_EVENT, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT, "keep-alive", "retry", "story-event"] {
             assert!(names.contains(name), "a message named {name:?} among {names:?}");
         }
-        for (key, event) in [("gap", GAP_EVENT), ("tokenExpired", TOKEN_EXPIRED_EVENT)] {
+        for (key, event) in
+            [("gap", GAP_EVENT), ("tokenExpired", TOKEN_EXPIRED_EVENT), ("tokenRevoked", TOKEN_REVOKED_EVENT)]
+        {
             let message = &doc["components"]["messages"][key];
             assert_eq!(message["headers"]["properties"]["event"]["const"].as_str(), Some(event), "{key}");
             assert!(message["headers"]["properties"].get("id").is_none(), "{key} frames carry no id");
@@ -1038,7 +1068,11 @@ mod tests {
         }
         let story_event = &doc["components"]["messages"]["storyEvent"];
         let reserved = &story_event["headers"]["properties"]["event"]["not"]["anyOf"][0]["enum"];
-        assert_eq!(reserved, &Value::from(vec![GAP_EVENT, TOKEN_EXPIRED_EVENT]), "story events never use those names");
+        assert_eq!(
+            reserved,
+            &Value::from(vec![GAP_EVENT, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT]),
+            "story events never use those names"
+        );
     }
 
     /// `x-sse-frame` is what the encoder writes for the message's example, byte for byte: the encoders are the
@@ -1056,6 +1090,12 @@ mod tests {
 
         let expired: TokenExpiredData = serde_norway::from_value(example("tokenExpired")["payload"].clone()).unwrap();
         assert_eq!(frame("tokenExpired").as_bytes(), &encode_token_expired(expired.expired_at)[..]);
+
+        let revoked: TokenRevokedData = serde_norway::from_value(example("tokenRevoked")["payload"].clone()).unwrap();
+        assert_eq!(revoked.revoked, crate::openapi::RevokedBy::Sub);
+        let by_sub =
+            storyline_core::Revocation { target: storyline_core::RevocationTarget::sub("anyone").unwrap(), until: 1 };
+        assert_eq!(frame("tokenRevoked").as_bytes(), &encode_token_revoked(&by_sub)[..]);
 
         let retry = example("retry")["headers"]["retry"].as_u64().unwrap();
         assert_eq!(frame("retry").as_bytes(), &encode_retry(Duration::from_millis(retry))[..]);
@@ -1086,6 +1126,7 @@ mod tests {
             ("storyEvent", EnvelopeBody::name(), serde_norway::to_value(EnvelopeBody::schema()).unwrap()),
             ("gap", GapData::name(), serde_norway::to_value(GapData::schema()).unwrap()),
             ("tokenExpired", TokenExpiredData::name(), serde_norway::to_value(TokenExpiredData::schema()).unwrap()),
+            ("tokenRevoked", TokenRevokedData::name(), serde_norway::to_value(TokenRevokedData::schema()).unwrap()),
             ("publishEvent", PublishRequest::name(), serde_norway::to_value(PublishRequest::schema()).unwrap()),
             ("receiptCreated", ReceiptBody::name(), serde_norway::to_value(ReceiptBody::schema()).unwrap()),
             ("receiptRepeated", ReceiptBody::name(), serde_norway::to_value(ReceiptBody::schema()).unwrap()),
@@ -1136,12 +1177,12 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 9, "every message with a payload has an example");
+        assert_eq!(checked, 10, "every message with a payload has an example");
     }
 
     #[test]
     fn the_reserved_type_pattern_matches_what_event_types_refuse() {
-        for reserved in [GAP_EVENT, TOKEN_EXPIRED_EVENT, "storyline.tick", "storyline.x.y"] {
+        for reserved in [GAP_EVENT, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT, "storyline.tick", "storyline.x.y"] {
             assert!(EventType::parse(reserved).is_err(), "{reserved:?} is refused");
         }
         for allowed in ["storyline", "storylines.x", "chapter"] {

@@ -8,6 +8,7 @@
 //! | `access_denied` | 403 | `scope` (token lacks the scope), `ip` (allow/deny lists) |
 //! | `rate_limited` | 429, and 503 `at-capacity` | the limit (`publish_rate_per_sub`, ..., `max_streams`, `stream_admissions`) |
 //! | `admin_action` | any request by an `admin`-tier principal | `read` or `write` |
+//! | `revocation` | an admin revoked a token (`POST /v1/admin/revocations`); the line also names the `jti` or `sub` revoked and `until` | `jti` or `sub` |
 //!
 //! Each event carries the client IP, method, route template and status, and the token's `sub` when it names one
 //! (`sub_verified=false` when the token was not, or could not be, verified: a 401 or an address refusal). Never
@@ -95,6 +96,25 @@ pub(crate) async fn audit(
         record(&res, outcome);
     }
     Ok(res)
+}
+
+/// The `revocation` event: who revoked what, until when (the revoked id is in the log line, never a label).
+pub(crate) fn revocation(req: &actix_web::HttpRequest, admin: &Principal, entry: &storyline_core::Revocation) {
+    let kind = entry.target.kind();
+    meters::audit_event("revocation", kind);
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "revocation",
+        reason = kind,
+        client_ip = %network::client_ip(req),
+        method = %req.method(),
+        route = req.match_pattern().unwrap_or_default(),
+        sub = admin.sub.as_str(),
+        sub_verified = true,
+        revoked = entry.target.id(),
+        until = entry.until,
+        "audit"
+    );
 }
 
 fn record<B>(res: &ServiceResponse<B>, outcome: Outcome) {

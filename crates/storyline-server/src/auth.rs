@@ -97,6 +97,8 @@ pub enum AuthFailure {
     UnknownKey,
     /// A required claim missing, or `iss`/`aud` not accepted.
     BadClaims,
+    /// Valid, but revoked by its `jti` or `sub` (see `POST /v1/admin/revocations`).
+    Revoked,
 }
 
 impl AuthFailure {
@@ -110,6 +112,7 @@ impl AuthFailure {
             Self::BadAlgorithm => "bad_algorithm",
             Self::UnknownKey => "unknown_key",
             Self::BadClaims => "bad_claims",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -167,6 +170,9 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// The token's own id, by which it can be revoked alone (`storyline token` mints one into every token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// A story pattern: `*`, an exact id, or a prefix ending in `*`.
@@ -233,6 +239,8 @@ pub struct Principal {
     pub scopes: Scopes,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// The token's `jti`, if it has one: what a revocation of this one token names.
+    pub jti: Option<String>,
     /// No token was presented: a guest reading a public story (see [`TokenRules::public_read`]).
     pub anonymous: bool,
 }
@@ -306,6 +314,7 @@ impl JwtKeys {
             tier: Tier::Guest,
             scopes: Scopes::parse(&rules.public_read.iter().map(|p| format!("read:{p}")).collect::<Vec<_>>().join(" ")),
             expires_at: u64::MAX,
+            jti: None,
             anonymous: true,
         });
         Self {
@@ -364,6 +373,8 @@ impl JwtKeys {
             nbf: None,
             iss: self.rules.issuer.clone(),
             aud: self.rules.audience.clone(),
+            // Unique, not secret (the signature protects it): 128 random bits.
+            jti: Some(format!("{:032x}", fastrand::u128(..))),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
     }
@@ -418,6 +429,7 @@ impl JwtKeys {
             tier: claims.tier.unwrap_or_default(),
             scopes: Scopes::parse(&claims.scope),
             expires_at: claims.exp,
+            jti: claims.jti,
             anonymous: false,
         })
     }
@@ -477,6 +489,15 @@ pub(crate) fn token_from(req: &HttpRequest) -> Result<Option<String>, ApiError> 
     Ok(None)
 }
 
+/// The 401 of a revoked token: says whether the token alone or every token of its `sub` was revoked.
+pub(crate) fn revoked_error(entry: &storyline_core::Revocation) -> ApiError {
+    let what = match entry.target {
+        storyline_core::RevocationTarget::Jti(_) => "this token has been revoked (by its jti)",
+        storyline_core::RevocationTarget::Sub(_) => "every token of this subject has been revoked (by its sub)",
+    };
+    ApiError::Unauthenticated(AuthFailure::Revoked, format!("{what}; do not retry with it"))
+}
+
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Ready<Result<Self, Self::Error>>;
@@ -493,6 +514,15 @@ impl FromRequest for Principal {
                     "a token is required: Authorization: Bearer, ?access_token= or the storyline_token cookie".into(),
                 )
             }),
+        });
+        // A revoked token is refused like an invalid one, on every request (an in-memory check: see `revocation`).
+        let principal = principal.and_then(|principal| {
+            let revoked =
+                req.app_data::<web::Data<crate::startup::AppState>>().and_then(|s| s.revocations.revoking(&principal));
+            match revoked {
+                Some(entry) => Err(revoked_error(&entry)),
+                None => Ok(principal),
+            }
         });
         // Admin-tier requests are audited whatever their outcome (see `audit`).
         if let Ok(admin) = principal.as_ref()

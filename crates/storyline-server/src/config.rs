@@ -32,7 +32,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// Upper bound on one broker call made while answering a request; past it the request gets 503.
     pub broker_timeout: Duration,
-    /// Seconds a client is told to wait (`Retry-After`) when the broker is unavailable.
+    /// Base of the `Retry-After` (seconds) sent when the broker is unavailable (or did not confirm an append): each
+    /// such response carries a value drawn uniformly from `[base, 2 * base]`, so clients do not return in
+    /// lockstep. Draining and at-capacity answers send the base as it is.
     pub retry_after_secs: u32,
     /// After the drain window, how long in-flight requests get to finish before the server stops.
     pub shutdown_grace: Duration,
@@ -69,6 +71,33 @@ pub struct ServerConfig {
     /// Time a client gets to send its request head; past it the connection is answered 408 and closed
     /// (slowloris protection: a connection that trickles its head cannot hold a worker's slot).
     pub client_request_timeout: Duration,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <this token>` (others: 401), on
+    /// whichever listener serves it. `None`: anyone who reaches the listener may read it.
+    pub metrics_token: Option<MetricsToken>,
+}
+
+/// The bearer token `/metrics` asks for. Compared in constant time; never printed.
+#[derive(Clone)]
+pub struct MetricsToken(Vec<u8>);
+
+impl MetricsToken {
+    pub fn new(token: impl Into<Vec<u8>>) -> Self {
+        Self(token.into())
+    }
+
+    /// Whether `presented` is this token. The comparison takes the same time whatever the bytes are (subtle), so
+    /// the answer's timing tells a guesser nothing about how much of a guess was right; only the length may
+    /// differ in time.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_slice().ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
 }
 
 impl ServerConfig {
@@ -98,6 +127,7 @@ impl ServerConfig {
             network: NetworkPolicy::default(),
             max_header_bytes: 16 * 1024,
             client_request_timeout: Duration::from_secs(5),
+            metrics_token: None,
         }
     }
 }

@@ -47,6 +47,11 @@ pub enum ApiError {
     CursorMismatch { positions: usize, stories: usize },
     #[error("{0}")]
     BadIdempotencyKey(#[from] IdempotencyKeyError),
+    #[error(
+        "this Idempotency-Key was already used on this story for a different event (type or data); nothing was \
+         appended. A retry must repeat the first request exactly; a new event needs a new key"
+    )]
+    IdempotencyKeyMismatch,
     #[error("request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("the request body ended before it was complete: {0}")]
@@ -84,6 +89,9 @@ pub enum ApiError {
     AtCapacity { cap: Capacity, retry_after_secs: u32 },
     #[error("this instance is shutting down; retry later (another instance will answer)")]
     Draining { retry_after_secs: u32 },
+    /// A revocation request that is JSON but not a valid revocation (`POST /v1/admin/revocations`).
+    #[error("invalid revocation: {0}")]
+    InvalidRevocation(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -126,11 +134,13 @@ impl ApiError {
             Self::TooManyStories { .. } => "too-many-stories",
             Self::CursorMismatch { .. } => "bad-cursor",
             Self::BadIdempotencyKey(_) => "bad-idempotency-key",
+            Self::IdempotencyKeyMismatch => "idempotency-key-mismatch",
             Self::MalformedJson(_) => "malformed-json",
             Self::IncompleteBody(_) => "incomplete-body",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::InvalidEvent(_) | Self::BadEventType(_) => "invalid-event",
+            Self::Unauthenticated(crate::auth::AuthFailure::Revoked, _) => "token-revoked",
             Self::Unauthenticated(..) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::HeadersTooLarge { .. } => "headers-too-large",
@@ -142,6 +152,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate-limited",
             Self::IpDenied => "ip-denied",
             Self::Draining { .. } => "draining",
+            Self::InvalidRevocation(_) => "invalid-revocation",
             Self::Internal(_) => "internal",
         }
     }
@@ -155,11 +166,13 @@ impl ApiError {
             Self::TooManyStories { .. } => "Too many stories",
             Self::CursorMismatch { .. } => "Invalid resume cursor",
             Self::BadIdempotencyKey(_) => "Invalid Idempotency-Key",
+            Self::IdempotencyKeyMismatch => "Idempotency-Key reused",
             Self::MalformedJson(_) => "Malformed JSON",
             Self::IncompleteBody(_) => "Incomplete request body",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::InvalidEvent(_) | Self::BadEventType(_) => "Invalid event",
+            Self::Unauthenticated(crate::auth::AuthFailure::Revoked, _) => "Token revoked",
             Self::Unauthenticated(..) => "Authentication required",
             Self::Forbidden(_) => "Forbidden",
             Self::HeadersTooLarge { .. } => "Request headers too large",
@@ -171,6 +184,7 @@ impl ApiError {
             Self::RateLimited { .. } => "Too many requests",
             Self::IpDenied => "Address not allowed",
             Self::Draining { .. } => "Shutting down",
+            Self::InvalidRevocation(_) => "Invalid revocation",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -193,6 +207,7 @@ impl ApiError {
         match e {
             BrokerError::Unavailable(cause) => Self::Unavailable { retry_after_secs, cause },
             BrokerError::Unconfirmed(cause) => Self::Unconfirmed { retry_after_secs, cause },
+            BrokerError::IdempotencyKeyMismatch => Self::IdempotencyKeyMismatch,
             other => Self::Internal(other.to_string()),
         }
     }
@@ -212,7 +227,10 @@ impl ResponseError for ApiError {
             | Self::IncompleteBody(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidEvent(_) | Self::BadEventType(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidEvent(_)
+            | Self::BadEventType(_)
+            | Self::IdempotencyKeyMismatch
+            | Self::InvalidRevocation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::IpDenied => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -55,11 +55,14 @@ pub struct JwksSource {
     pub refresh: Duration,
     /// Least time between two fetches asked for by tokens naming an unknown `kid`.
     pub min_refetch: Duration,
+    /// PEM certificates of the CA(s) the URL's server certificate must chain to, instead of the system's roots
+    /// (an identity provider behind a private CA); `None`: the system's roots (the platform verifier).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl JwksSource {
     pub fn new(file: Option<PathBuf>, url: Option<String>) -> Self {
-        Self { file, url, refresh: Duration::from_secs(300), min_refetch: Duration::from_secs(10) }
+        Self { file, url, refresh: Duration::from_secs(300), min_refetch: Duration::from_secs(10), ca_file: None }
     }
 }
 
@@ -73,6 +76,8 @@ pub enum JwksError {
     Parse { origin: String, reason: String },
     #[error("cannot fetch JWKS from {url}: {reason}")]
     Fetch { url: String, reason: String },
+    #[error("cannot use the JWKS CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
 }
 
 /// A public key and the one algorithm it verifies.
@@ -202,6 +207,8 @@ fn usable(jwk: &Jwk) -> Result<VerifyingKey, &'static str> {
 #[derive(Debug)]
 pub struct Jwks {
     source: JwksSource,
+    /// The HTTPS client for the URL, built once with the roots it trusts.
+    agent: ureq::Agent,
     keys: RwLock<Arc<KeySet>>,
     refresh_now: Notify,
     last_fetch: Mutex<Option<Instant>>,
@@ -209,13 +216,20 @@ pub struct Jwks {
 
 impl Jwks {
     /// Reads the file now (an unreadable or malformed file is an error: the service must not start without the
-    /// keys it was told to trust). URL keys arrive with the first refresh.
+    /// keys it was told to trust), and the CA file if one is named. URL keys arrive with the first refresh.
     pub fn load(source: JwksSource) -> Result<Self, JwksError> {
         let keys = match &source.file {
             Some(path) => read_file(path)?,
             None => KeySet::default(),
         };
-        Ok(Self { source, keys: RwLock::new(Arc::new(keys)), refresh_now: Notify::new(), last_fetch: Mutex::new(None) })
+        let agent = agent(source.ca_file.as_deref())?;
+        Ok(Self {
+            source,
+            agent,
+            keys: RwLock::new(Arc::new(keys)),
+            refresh_now: Notify::new(),
+            last_fetch: Mutex::new(None),
+        })
     }
 
     pub fn source(&self) -> &JwksSource {
@@ -242,7 +256,8 @@ impl Jwks {
             *last = Some(Instant::now());
         }
         let source = self.source.clone();
-        let keys = tokio::task::spawn_blocking(move || load_all(&source))
+        let agent = self.agent.clone();
+        let keys = tokio::task::spawn_blocking(move || load_all(&source, &agent))
             .await
             .map_err(|e| JwksError::Fetch { url: String::new(), reason: format!("refresh task failed: {e}") })??;
         let count = keys.len();
@@ -308,14 +323,36 @@ fn read_file(path: &std::path::Path) -> Result<KeySet, JwksError> {
     KeySet::parse(&bytes, &origin)
 }
 
-fn fetch(url: &str) -> Result<KeySet, JwksError> {
-    let fail = |reason: String| JwksError::Fetch { url: url.to_owned(), reason };
-    let agent = ureq::Agent::config_builder()
+/// The client for the JWKS URL: the system's roots (platform verifier), or only the CA certificates in
+/// `ca_file` (PEM), which must hold at least one.
+fn agent(ca_file: Option<&std::path::Path>) -> Result<ureq::Agent, JwksError> {
+    let roots = match ca_file {
+        None => ureq::tls::RootCerts::PlatformVerifier,
+        Some(path) => {
+            let fail = |reason: String| JwksError::CaFile { path: path.to_owned(), reason };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                if let ureq::tls::PemItem::Certificate(cert) = item.map_err(|e| fail(e.to_string()))? {
+                    certs.push(cert);
+                }
+            }
+            if certs.is_empty() {
+                return Err(fail("no CERTIFICATE in the file".into()));
+            }
+            ureq::tls::RootCerts::new_with_certs(&certs)
+        }
+    };
+    Ok(ureq::Agent::config_builder()
         .timeout_global(Some(FETCH_TIMEOUT))
         .max_redirects(3)
-        .tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build())
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
         .build()
-        .new_agent();
+        .new_agent())
+}
+
+fn fetch(url: &str, agent: &ureq::Agent) -> Result<KeySet, JwksError> {
+    let fail = |reason: String| JwksError::Fetch { url: url.to_owned(), reason };
     let mut response = agent.get(url).header("accept", "application/json").call().map_err(|e| fail(e.to_string()))?;
     let body = response.body_mut().with_config().limit(MAX_JWKS_BYTES).read_to_vec().map_err(|e| match e {
         ureq::Error::BodyExceedsLimit(_) => JwksError::TooLarge { origin: url.to_owned() },
@@ -324,9 +361,9 @@ fn fetch(url: &str) -> Result<KeySet, JwksError> {
     KeySet::parse(&body, url)
 }
 
-fn load_all(source: &JwksSource) -> Result<KeySet, JwksError> {
+fn load_all(source: &JwksSource, agent: &ureq::Agent) -> Result<KeySet, JwksError> {
     let from_file = source.file.as_deref().map(read_file).transpose()?.unwrap_or_default();
-    let from_url = source.url.as_deref().map(fetch).transpose()?.unwrap_or_default();
+    let from_url = source.url.as_deref().map(|url| fetch(url, agent)).transpose()?.unwrap_or_default();
     Ok(from_file.merged(from_url))
 }
 

@@ -7,6 +7,8 @@
 //! - `routes/`: one module per endpoint. `error`: the only `ResponseError`, rendered as RFC 9457 problem+json.
 //! - [`auth`], [`jwks`]: JWT verification (an HS256 secret; public keys from a JWKS file or URL), scopes and the
 //!   typed [`auth::Principal`] that handlers take as an argument.
+//! - `revocation`: this instance's snapshot of the revocation list (by `jti` or `sub`), checked on every request and
+//!   by every open stream, refreshed from the broker's store every heartbeat; `routes/admin.rs` manages it.
 //! - [`openapi`]: the OpenAPI document generated from the handlers; [`asyncapi`]: the AsyncAPI document of the
 //!   streams, generated from the same types and from the OpenAPI document.
 //!
@@ -24,6 +26,7 @@ mod metered;
 mod meters;
 pub mod network;
 pub mod openapi;
+mod revocation;
 mod routes;
 mod slow;
 pub mod startup;
@@ -31,8 +34,8 @@ pub mod telemetry;
 pub mod tls;
 
 pub use config::{
-    MAX_STORIES_PER_STREAM, RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit,
+    MAX_STORIES_PER_STREAM, MetricsToken, RESERVED_FILE_DESCRIPTORS, ServerConfig, streams_allowed_by_open_files_limit,
 };
 pub use error::{ApiError, Problem};
-pub use meters::trace_spans_dropped;
+pub use meters::{SpanDrop, trace_spans_dropped};
 pub use startup::{Application, Shutdown};

@@ -333,7 +333,14 @@ mod tests {
     use crate::auth::Scopes;
 
     fn principal(sub: &str, tier: Tier) -> Principal {
-        Principal { sub: sub.into(), tier, scopes: Scopes::parse("write:*"), expires_at: u64::MAX, anonymous: false }
+        Principal {
+            sub: sub.into(),
+            tier,
+            scopes: Scopes::parse("write:*"),
+            expires_at: u64::MAX,
+            jti: None,
+            anonymous: false,
+        }
     }
 
     fn story(s: &str) -> StoryId {

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use storyline_core::{
-    Appended, Broker, BrokerError, EventId, EventStream, IdempotencyKey, LogBounds, NewEvent, Page, PageLimit, StoryId,
+    Appended, Broker, BrokerError, EventId, EventStream, Idempotency, LogBounds, NewEvent, Page, PageLimit, StoryId,
 };
 use tracing::Instrument;
 
@@ -43,12 +43,12 @@ impl Broker for MeteredBroker {
         &self,
         story: &StoryId,
         event: NewEvent,
-        idempotency_key: Option<&IdempotencyKey>,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Appended, BrokerError> {
         let span = crate::telemetry::broker_span("append", self.0.kind());
         let started = Instant::now();
-        let result = self.0.append(story, event, idempotency_key).instrument(span.clone()).await;
-        if result.is_err() {
+        let result = self.0.append(story, event, idempotency).instrument(span.clone()).await;
+        if result.as_ref().is_err_and(|e| *e != BrokerError::IdempotencyKeyMismatch) {
             span.record("otel.status_code", "ERROR");
         }
         observe("append", started, result)
@@ -82,5 +82,9 @@ impl Broker for MeteredBroker {
 
     fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
         self.0.rate_limits()
+    }
+
+    fn revocations(&self) -> Option<Arc<dyn storyline_core::Revocations>> {
+        self.0.revocations()
     }
 }

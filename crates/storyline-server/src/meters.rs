@@ -123,7 +123,8 @@ fn describe() {
         CONNECTIONS_CLOSED,
         Unit::Count,
         "SSE streams closed, by tier and reason: client (the reader went away), shutdown (drain), slow_consumer \
-         (socket not drained), token_expired. (A broker outage never ends a stream: it waits and catches up.)"
+         (socket not drained), token_expired, token_revoked. (A broker outage never ends a stream: it waits and \
+         catches up.)"
     );
     describe_histogram!(CONNECTION_DURATION, Unit::Seconds, "How long SSE streams stayed open, by the reader's tier.");
     describe_counter!(
@@ -164,10 +165,13 @@ fn describe() {
     describe_counter!(
         TRACE_SPANS_DROPPED,
         Unit::Count,
-        "Trace spans dropped because their batch failed to export (collector down or refusing); the service is \
-         unaffected."
+        "Trace spans dropped, by reason: export_failed (their batch failed to export: collector down or \
+         refusing), queue_full (ended while the export queue was full: the collector is slower than the spans \
+         come); the service is unaffected."
     );
-    ::metrics::counter!(TRACE_SPANS_DROPPED).absolute(0);
+    for reason in SpanDrop::ALL {
+        ::metrics::counter!(TRACE_SPANS_DROPPED, "reason" => reason.as_str()).absolute(0);
+    }
     describe_gauge!(
         RUNTIME_ALIVE_TASKS,
         Unit::Count,
@@ -277,7 +281,8 @@ fn collect_runtime_tasks() {
 pub(crate) fn broker_call(op: &'static str, seconds: f64, error: Option<&storyline_core::BrokerError>) {
     ::metrics::histogram!(BROKER_DURATION, "op" => op).record(seconds);
     match error {
-        None => ::metrics::gauge!(BROKER_UP).set(1.0),
+        // A reused Idempotency-Key is the client's fault, answered by a healthy broker: not a broker error.
+        None | Some(storyline_core::BrokerError::IdempotencyKeyMismatch) => ::metrics::gauge!(BROKER_UP).set(1.0),
         Some(error) => broker_error(op, error),
     }
 }
@@ -374,10 +379,11 @@ pub(crate) enum CloseReason {
     Shutdown,
     SlowConsumer,
     TokenExpired,
+    TokenRevoked,
 }
 
 impl CloseReason {
-    const ALL: [Self; 4] = [Self::Client, Self::Shutdown, Self::SlowConsumer, Self::TokenExpired];
+    const ALL: [Self; 5] = [Self::Client, Self::Shutdown, Self::SlowConsumer, Self::TokenExpired, Self::TokenRevoked];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -385,6 +391,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::SlowConsumer => "slow_consumer",
             Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
         }
     }
 }
@@ -529,10 +536,31 @@ impl storyline_hub::Observer for HubMeters {
     }
 }
 
-/// Counts trace spans dropped by a failed export.
-pub fn trace_spans_dropped(spans: usize) {
+/// Why trace spans were dropped (the `reason` label of `storyline_trace_spans_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanDrop {
+    /// Their batch was handed to the exporter, which failed.
+    ExportFailed,
+    /// They ended while the export queue was full, and never entered it.
+    QueueFull,
+}
+
+impl SpanDrop {
+    const ALL: [Self; 2] = [Self::ExportFailed, Self::QueueFull];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExportFailed => "export_failed",
+            Self::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// Counts trace spans dropped, and why.
+pub fn trace_spans_dropped(reason: SpanDrop, spans: usize) {
     let _ = handle();
-    ::metrics::counter!(TRACE_SPANS_DROPPED).increment(u64::try_from(spans).unwrap_or(u64::MAX));
+    ::metrics::counter!(TRACE_SPANS_DROPPED, "reason" => reason.as_str())
+        .increment(u64::try_from(spans).unwrap_or(u64::MAX));
 }
 
 /// Records one delivery of `frame`: counted, and its latency from ingress accept to now.

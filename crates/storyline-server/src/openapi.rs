@@ -26,7 +26,7 @@ use crate::{error::Problem, routes};
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// Event type: `^[a-z][a-z0-9_.-]{0,63}$`; `gap`, `token-expired` and `storyline.*` are reserved.
+    /// Event type: `^[a-z][a-z0-9_.-]{0,63}$`; `gap`, `token-expired`, `token-revoked` and `storyline.*` are reserved.
     #[serde(rename = "type")]
     #[schema(pattern = "^[a-z][a-z0-9_.-]{0,63}$", example = "chapter")]
     pub event_type: String,
@@ -75,11 +75,14 @@ pub struct HistoryPage {
 // the wire cannot differ: the `gap` notice in the fan-out engine, `token-expired` in the stream route.
 pub use storyline_hub::{GapData, StoryGapData};
 
-pub use crate::routes::stream::TokenExpiredData;
+pub use crate::routes::{
+    admin::{MAX_REVOCATION_SECS, RevocationBody, RevocationRequest, RevocationsBody},
+    stream::{RevokedBy, TokenExpiredData, TokenRevokedData},
+};
 
 /// One event of `GET /v1/stories/{story}/stream`, as an SSE parser (a browser's `EventSource`) hands it over:
 /// `event` names it and `data` is one line of JSON whose shape depends on `event`. Comments (`: keep-alive`)
-/// and the `retry:` hint that opens every stream are not events. `gap` and `token-expired` frames carry no
+/// and the `retry:` hint that opens every stream are not events. `gap`, `token-expired` and `token-revoked` frames carry no
 /// `id:` line (a parser reports the last id it saw).
 ///
 /// The schema of the stream's `text/event-stream` response is this, one event at a time (the OpenAPI 3.1
@@ -156,6 +159,13 @@ impl StreamEvent {
                 "The token expired; the server closes the stream. Reconnect with a new token and `Last-Event-ID`.",
                 None,
             ))
+            .item(Self::control(
+                storyline_core::TOKEN_REVOKED_EVENT,
+                TokenRevokedData::name().as_ref(),
+                "The token was revoked (by its `jti`, or every token of its `sub`); the server closes the stream and \
+                 refuses the token from now on (401 `token-revoked`). Do not reconnect with it.",
+                None,
+            ))
             .into()
     }
 }
@@ -170,7 +180,7 @@ impl PartialSchema for StreamEvent {
     fn schema() -> RefOr<Schema> {
         Self::schema_with(
             EVENT_ID_PATTERN,
-            "An event of the story. `event` is its type (never `gap` or `token-expired`), `id` its id.",
+            "An event of the story. `event` is its type (never `gap`, `token-expired` or `token-revoked`), `id` its id.",
             GapData::name().as_ref(),
             "Events due to this reader were trimmed by retention (or the resume id is unknown): delivery resumes \
              from `resumed_from`.",
@@ -195,8 +205,8 @@ impl PartialSchema for StreamsEvent {
     fn schema() -> RefOr<Schema> {
         StreamEvent::schema_with(
             CURSOR_PATTERN,
-            "An event of one of the stories (its envelope names it). `event` is its type (never `gap` or \
-             `token-expired`), `id` the cursor with this event's story at this event.",
+            "An event of one of the stories (its envelope names it). `event` is its type (never `gap`, \
+             `token-expired` or `token-revoked`), `id` the cursor with this event's story at this event.",
             StoryGapData::name().as_ref(),
             "Events of `story` due to this reader were trimmed by retention (or its resume position is unknown): \
              its delivery resumes from `resumed_from`; `id` is the cursor with the story just before it.",
@@ -248,6 +258,8 @@ impl Modify for SecuritySchemes {
         routes::health::readyz,
         routes::health::metrics,
         routes::health::openapi,
+        routes::admin::revoke,
+        routes::admin::revocations,
     ),
     components(schemas(
         Problem,
@@ -256,6 +268,11 @@ impl Modify for SecuritySchemes {
         GapData,
         StoryGapData,
         TokenExpiredData,
+        TokenRevokedData,
+        RevokedBy,
+        RevocationRequest,
+        RevocationBody,
+        RevocationsBody,
         EnvelopeBody,
         ReceiptBody,
         PublishRequest,
@@ -265,6 +282,7 @@ impl Modify for SecuritySchemes {
     tags(
         (name = "events", description = "Publish, subscribe, read history"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "admin", description = "Admin-tier operations: token revocation"),
     )
 )]
 #[derive(Debug)]

@@ -49,10 +49,14 @@ pub struct AppState {
     pub(crate) signals: watch::Receiver<StreamSignal>,
     /// Rate and per-principal limits.
     pub(crate) limits: Limits,
+    /// This instance's snapshot of the revocation list (see `revocation`).
+    pub(crate) revocations: Arc<crate::revocation::RevocationGuard>,
     /// Story namespaces and event types as metric labels, capped.
     pub(crate) event_labels: Arc<meters::EventLabels>,
     pub(crate) hub_meters: Arc<meters::HubMeters>,
     pub(crate) metrics: PrometheusHandle,
+    /// `/metrics` is served on a listener of its own, so the main listener answers it 404.
+    pub(crate) metrics_elsewhere: bool,
     /// The background runtime, counted in `storyline_runtime_alive_tasks` while the server lives.
     pub(crate) _runtime_tasks: Option<meters::RuntimeRegistration>,
 }
@@ -151,6 +155,8 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     shutdown: Shutdown,
+    /// The metrics listener's server and address, when `/metrics` has a listener of its own.
+    metrics: Option<(Server, SocketAddr)>,
 }
 
 /// Route templates, used to tell "wrong method" (405) from "no such resource" (404).
@@ -158,6 +164,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/stories/{story}/events", "GET, POST"),
     ("/v1/stories/{story}/stream", "GET"),
     ("/v1/streams", "GET"),
+    ("/v1/admin/revocations", "GET, POST"),
     ("/healthz", "GET, HEAD"),
     ("/readyz", "GET, HEAD"),
     ("/metrics", "GET"),
@@ -179,6 +186,19 @@ impl Application {
     /// Builds the server on an already bound listener (port 0 in tests). Signals are not handled here: the
     /// caller decides when to [`Application::stop`].
     pub fn build(config: ServerConfig, broker: Arc<dyn Broker>, listener: TcpListener) -> std::io::Result<Self> {
+        Self::build_with_metrics_listener(config, broker, listener, None)
+    }
+
+    /// [`Application::build`], with `/metrics` served on `metrics_listener` (plain HTTP, nothing else on it) when
+    /// one is given: the main listener then answers `/metrics` with 404, so the port readers and writers reach
+    /// does not expose the instance's internals. The metrics listener stops with the server, after the drain
+    /// (Prometheus keeps scraping a draining instance).
+    pub fn build_with_metrics_listener(
+        config: ServerConfig,
+        broker: Arc<dyn Broker>,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new(config.drain_window);
         let mut keys = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
@@ -206,20 +226,31 @@ impl Application {
         });
         let hub_meters = Arc::new(meters::HubMeters::new(Arc::clone(&event_labels)));
         let hub = Hub::with_observer(Arc::clone(&broker), HubConfig::default(), hub_meters.clone());
-        let signals = stream_signals(config.heartbeat, shutdown.clone())?;
+        let revocations = Arc::new(crate::revocation::RevocationGuard::new(&*broker));
+        let stop = shutdown.clone();
+        revocations.spawn_refresher(&runtime()?, config.heartbeat, config.broker_timeout, async move {
+            stop.drained().await;
+        });
+        let signals = stream_signals(config.heartbeat, shutdown.clone(), Arc::clone(&revocations))?;
         let state = web::Data::new(AppState {
             broker,
             shutdown: shutdown.clone(),
             hub,
             signals,
             limits,
+            revocations,
             event_labels,
             hub_meters,
             metrics: meters::handle(),
+            metrics_elsewhere: metrics_listener.is_some(),
             _runtime_tasks: meters::RuntimeRegistration::current(),
             config,
         });
         spawn_housekeeping(&state, shutdown.clone())?;
+        let metrics = match metrics_listener {
+            Some(metrics_listener) => Some(metrics_server(&state, metrics_listener)?),
+            None => None,
+        };
 
         let mut server = HttpServer::new(move || {
             let cors_origins = &state.config.cors_origins;
@@ -241,9 +272,15 @@ impl Application {
                 .service(routes::history::history)
                 .service(routes::stream::stream)
                 .service(routes::streams::streams)
+                .service(routes::admin::revoke)
+                .service(routes::admin::revocations)
                 .service(routes::health::healthz)
                 .service(routes::health::readyz)
-                .service(routes::health::metrics)
+                .configure(|app| {
+                    if !state.metrics_elsewhere {
+                        app.service(routes::health::metrics);
+                    }
+                })
                 .service(routes::health::openapi)
                 .service(routes::reader::root)
                 .service(routes::reader::page)
@@ -275,11 +312,16 @@ impl Application {
             None => server.listen(listener)?,
         }
         .run();
-        Ok(Self { server, addr, shutdown })
+        Ok(Self { server, addr, shutdown, metrics })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` is served on when it has a listener of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn shutdown(&self) -> Shutdown {
@@ -290,10 +332,41 @@ impl Application {
         self.server.handle()
     }
 
-    /// Runs until stopped.
+    /// Runs until stopped (the metrics listener, if any, stops right after the server).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let metrics = self.metrics.map(|(server, _)| (server.handle(), tokio::spawn(server)));
+        let served = self.server.await;
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            if let Ok(Err(e)) = task.await {
+                tracing::warn!(error = %e, "metrics listener");
+            }
+        }
+        served
     }
+}
+
+/// The server of the metrics listener: `GET /metrics` and nothing else (404 problem+json for every other path),
+/// behind the same address gate, headers and access log as the main listener. Plain HTTP on one worker: it is
+/// scraped, not browsed.
+fn metrics_server(state: &web::Data<AppState>, listener: TcpListener) -> std::io::Result<(Server, SocketAddr)> {
+    let addr = listener.local_addr()?;
+    let state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(network_gate))
+            .wrap(security_headers())
+            .wrap(from_fn(access_log))
+            .service(routes::health::metrics)
+            .default_service(web::to(|| async { actix_web::ResponseError::error_response(&ApiError::NotFound) }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok((server, addr))
 }
 
 /// The runtime the server's background tasks (stream signals, JWKS refresh, limiter housekeeping) run on.
@@ -324,6 +397,8 @@ pub(crate) enum StreamSignal {
     /// The server drains, and this share of the drain window (in thousandths) has passed: a stream whose own
     /// moment ([`drain_moment`]) is at or below it ends, at the next frame boundary.
     Drain(u16),
+    /// The revocation list changed: a stream whose token it revokes ends (streams also check at every tick).
+    Revocations,
 }
 
 /// The end of the drain window, in [`StreamSignal::Drain`]'s thousandths.
@@ -341,7 +416,11 @@ const DRAIN_STEPS: u32 = 100;
 /// shutdown is triggered it also publishes the drain's progress through the window ([`StreamSignal::Drain`],
 /// heartbeats continuing for the streams still open), then ends (and the closed channel means the drain is
 /// complete). It also stops when the last receiver (the app state) is dropped.
-fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch::Receiver<StreamSignal>> {
+fn stream_signals(
+    period: Duration,
+    shutdown: Shutdown,
+    revocations: Arc<crate::revocation::RevocationGuard>,
+) -> std::io::Result<watch::Receiver<StreamSignal>> {
     let runtime = runtime()?;
     let (tx, rx) = watch::channel(StreamSignal::Tick(0));
     runtime.spawn(async move {
@@ -357,6 +436,7 @@ fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch
             tokio::select! {
                 () = shutdown.drained() => break,
                 _ = heartbeat.tick() => if tx.send(next_tick()).is_err() { return },
+                () = revocations.changed() => if tx.send(StreamSignal::Revocations).is_err() { return },
             }
         }
         let window = shutdown.window();
@@ -370,6 +450,7 @@ fn stream_signals(period: Duration, shutdown: Shutdown) -> std::io::Result<watch
                     StreamSignal::Drain(u16::try_from(share).unwrap_or(DRAIN_COMPLETE).min(DRAIN_COMPLETE))
                 }
                 _ = heartbeat.tick() => next_tick(),
+                () = revocations.changed() => StreamSignal::Revocations,
             };
             if tx.send(signal).is_err() || signal == StreamSignal::Drain(DRAIN_COMPLETE) {
                 return;
@@ -475,7 +556,13 @@ fn spawn_housekeeping(state: &web::Data<AppState>, shutdown: Shutdown) -> std::i
 
 /// 405 with `Allow` for known paths, 404 otherwise; always problem+json.
 async fn fallback(req: HttpRequest) -> actix_web::HttpResponse {
-    let allow = ROUTES.iter().find(|(pattern, _)| ResourceDef::new(*pattern).is_match(req.path())).map(|(_, a)| *a);
+    // With a metrics listener of its own, `/metrics` is no resource of this listener at all.
+    let metrics_elsewhere = req.app_data::<web::Data<AppState>>().is_some_and(|state| state.metrics_elsewhere);
+    let allow = ROUTES
+        .iter()
+        .filter(|(pattern, _)| !(metrics_elsewhere && *pattern == "/metrics"))
+        .find(|(pattern, _)| ResourceDef::new(*pattern).is_match(req.path()))
+        .map(|(_, a)| *a);
     match allow {
         Some(allow) => {
             let mut res = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);

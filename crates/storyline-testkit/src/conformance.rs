@@ -25,8 +25,9 @@ use std::{
 
 use futures::{StreamExt, future::BoxFuture};
 use storyline_core::{
-    Appended, Broker, EventData, EventId, EventStream, EventType, IdempotencyKey, LogBounds, LogRetention,
-    MAX_PAGE_LIMIT, Metadata, NewEvent, PageLimit, Receipt, Retention, StoredEvent, StoryId, TailItem,
+    Appended, Broker, BrokerError, EventData, EventId, EventStream, EventType, Idempotency, IdempotencyKey, LogBounds,
+    LogRetention, MAX_PAGE_LIMIT, Metadata, NewEvent, PageLimit, Receipt, Retention, Revocation, RevocationTarget,
+    Revocations, StoredEvent, StoryId, TailItem,
 };
 
 use crate::{DEFAULT_DEADLINE, poll_until};
@@ -86,8 +87,12 @@ macro_rules! broker_conformance_tests {
             stories_are_independent,
             idempotent_retry_returns_the_first_receipt_and_stores_nothing,
             idempotency_keys_are_scoped_to_a_story,
+            a_key_reused_for_a_different_event_is_refused_and_stores_nothing,
             concurrent_appends_with_one_key_store_one_event,
+            concurrent_appends_with_one_key_and_different_events_store_one_and_refuse_the_others,
             idempotency_key_is_forgotten_after_the_window,
+            a_story_untouched_for_its_ttl_is_forgotten_with_its_keys,
+            a_reader_of_an_expired_story_gets_a_gap_never_a_silent_hole,
             bounds_of_a_fresh_story_are_empty_and_track_the_oldest_event,
             retention_keeps_the_newest_events_and_reports_what_was_trimmed,
             retention_by_age_drops_old_events_when_the_story_is_next_appended_to,
@@ -103,6 +108,8 @@ macro_rules! broker_conformance_tests {
             dropping_a_tail_does_not_disturb_other_tails,
             tails_on_two_stories_each_see_only_their_own,
             ping_succeeds,
+            revocations_are_stored_counted_and_replaced,
+            revocations_apply_until_their_until_only,
         }
     };
     (@cases #[$test:meta] ($factory:expr) $($case:ident),+ $(,)?) => {
@@ -181,10 +188,30 @@ async fn append_with_key(
     event: NewEvent,
     key: &IdempotencyKey,
 ) -> Appended {
-    broker
-        .append(story, event, Some(key))
+    try_append_with_key(broker, story, event, key)
         .await
         .unwrap_or_else(|e| panic!("{case}: append to {story} with {key:?} failed: {e}"))
+}
+
+/// An append with `key`, fingerprinted from the event as the HTTP surface does.
+async fn try_append_with_key(
+    broker: &dyn Broker,
+    story: &StoryId,
+    event: NewEvent,
+    key: &IdempotencyKey,
+) -> Result<Appended, BrokerError> {
+    let idempotency = Idempotency::for_event(key.clone(), &event);
+    broker.append(story, event, Some(&idempotency)).await
+}
+
+/// The same request again, as a client's retry sends it: same type and data; what the server adds (accept time,
+/// author, trace context) differs.
+fn retry_of(sent: &NewEvent) -> NewEvent {
+    let mut retry = sent.clone();
+    retry.ts = sent.ts + 1_000;
+    retry.author = format!("{}-again", sent.author);
+    retry.meta.insert("traceparent", "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01");
+    retry
 }
 
 async fn append_numbered(
@@ -480,9 +507,8 @@ pub async fn idempotent_retry_returns_the_first_receipt_and_stores_nothing(facto
     let key = idempotency_key("retry-1");
     let first_sent = event(1);
     let first = append_with_key(CASE, &*broker, &story, first_sent.clone(), &key).await;
-    // The retry differs in everything but the key: the answer must still be the first append's.
-    let mut retry_sent = event_of_type(2, "retitled");
-    retry_sent.ts = first_sent.ts + 1_000;
+    // The retry repeats the request; what the server adds (time, author, trace context) differs.
+    let retry_sent = retry_of(&first_sent);
 
     // Act
     let retry = append_with_key(CASE, &*broker, &story, retry_sent.clone(), &key).await;
@@ -510,7 +536,7 @@ pub async fn idempotency_keys_are_scoped_to_a_story(factory: &dyn BrokerFactory)
 
     // Act
     let on_b = append_with_key(CASE, &*broker, &b, event(2), &key).await;
-    let retry_b = append_with_key(CASE, &*broker, &b, event(3), &key).await;
+    let retry_b = append_with_key(CASE, &*broker, &b, event(2), &key).await;
 
     // Assert
     assert!(!on_a.duplicate, "{CASE}: first use of the key on a");
@@ -522,40 +548,118 @@ pub async fn idempotency_keys_are_scoped_to_a_story(factory: &dyn BrokerFactory)
     assert_eq!(ids_of(&read_all(CASE, &*broker, &b).await), vec![on_b.receipt.id], "{CASE}: b holds one event");
 }
 
-/// Guarantee 3: check and append are one atomic step; concurrent appends with one key store one event.
+/// Guarantee 3: the key reused for another event (other data, or another type) is refused, stores nothing, and
+/// leaves the first receipt in place for real retries.
+pub async fn a_key_reused_for_a_different_event_is_refused_and_stores_nothing(factory: &dyn BrokerFactory) {
+    const CASE: &str = "a_key_reused_for_a_different_event_is_refused_and_stores_nothing";
+    // Arrange
+    let broker = factory.make(Retention::default()).await;
+    let story = story("idem-reused");
+    let key = idempotency_key("reused");
+    let first_sent = event(1);
+    let first = append_with_key(CASE, &*broker, &story, first_sent.clone(), &key).await;
+
+    // Act
+    let other_data = try_append_with_key(&*broker, &story, event(2), &key).await;
+    let other_type = try_append_with_key(&*broker, &story, event_of_type(1, "retitled"), &key).await;
+    let retry = append_with_key(CASE, &*broker, &story, retry_of(&first_sent), &key).await;
+
+    // Assert
+    assert_eq!(other_data, Err(BrokerError::IdempotencyKeyMismatch), "{CASE}: same key, other data");
+    assert_eq!(other_type, Err(BrokerError::IdempotencyKeyMismatch), "{CASE}: same key, other type");
+    assert!(retry.duplicate, "{CASE}: a real retry after the refusals is still a duplicate");
+    assert_eq!(retry.receipt, first.receipt, "{CASE}: ... answered with the first receipt");
+    let log = read_all(CASE, &*broker, &story).await;
+    assert_eq!(ids_of(&log), vec![first.receipt.id], "{CASE}: the refused appends stored nothing");
+    assert_event(CASE, &log[0], first.receipt.id, &story, &first_sent);
+}
+
+/// Spawns one append per event, all with `key`, at once (on a multi-threaded runtime they really run in
+/// parallel), and returns each answer with the event it sent.
+async fn race_appends(
+    case: &str,
+    broker: &Arc<dyn Broker>,
+    story: &StoryId,
+    key: &IdempotencyKey,
+    sent: Vec<NewEvent>,
+) -> Vec<(NewEvent, Result<Appended, BrokerError>)> {
+    let tasks = sent.into_iter().map(|ev| {
+        let (broker, story, key) = (Arc::clone(broker), story.clone(), key.clone());
+        tokio::spawn(async move {
+            let answer = try_append_with_key(&*broker, &story, ev.clone(), &key).await;
+            (ev, answer)
+        })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap_or_else(|e| panic!("{case}: append task: {e}")))
+        .collect()
+}
+
+/// Guarantee 3: check and append are one atomic step; concurrent appends of one event with one key store it once
+/// and answer every other with its receipt.
 pub async fn concurrent_appends_with_one_key_store_one_event(factory: &dyn BrokerFactory) {
     const CASE: &str = "concurrent_appends_with_one_key_store_one_event";
     // Arrange
     let broker = factory.make(Retention::default()).await;
     let story = story("idem-race");
     let key = idempotency_key("race");
-    let sent: Vec<NewEvent> = (0..20).map(event).collect();
+    let sent: Vec<NewEvent> = (0..20).map(|_| event(7)).collect();
 
-    // Act: spawned, so that on a multi-threaded runtime the appends really run in parallel.
-    let tasks = sent.iter().cloned().map(|ev| {
-        let (broker, story, key) = (Arc::clone(&broker), story.clone(), key.clone());
-        tokio::spawn(async move { broker.append(&story, ev, Some(&key)).await })
-    });
-    let answers: Vec<Appended> = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|joined| {
-            joined
-                .unwrap_or_else(|e| panic!("{CASE}: append task: {e}"))
-                .unwrap_or_else(|e| panic!("{CASE}: append failed: {e}"))
-        })
-        .collect();
+    // Act
+    let answers = race_appends(CASE, &broker, &story, &key, sent).await;
 
     // Assert
+    let answers: Vec<Appended> = answers
+        .into_iter()
+        .map(|(_, answer)| answer.unwrap_or_else(|e| panic!("{CASE}: an append of the same event failed: {e}")))
+        .collect();
     let fresh: Vec<&Appended> = answers.iter().filter(|a| !a.duplicate).collect();
     assert_eq!(fresh.len(), 1, "{CASE}: exactly one of 20 concurrent appends stores, got {answers:?}");
     let receipt = &fresh[0].receipt;
     assert!(answers.iter().all(|a| a.receipt == *receipt), "{CASE}: all answers carry one receipt: {answers:?}");
     let log = read_all(CASE, &*broker, &story).await;
     assert_eq!(ids_of(&log), vec![receipt.id], "{CASE}: exactly one event stored");
+    assert_eq!(number_of(CASE, &log[0]), 7, "{CASE}: the event sent is the one stored");
+}
+
+/// Guarantee 3, serialised per key: concurrent appends with one key, some of one event and some of others, store
+/// exactly one; every other is answered as if it came after it: the same event as a duplicate with its receipt,
+/// another event as a mismatch. Never an error of any other kind, never a second event.
+pub async fn concurrent_appends_with_one_key_and_different_events_store_one_and_refuse_the_others(
+    factory: &dyn BrokerFactory,
+) {
+    const CASE: &str = "concurrent_appends_with_one_key_and_different_events_store_one_and_refuse_the_others";
+    // Arrange: 10 copies of event 0 and one each of events 1..=10, interleaved.
+    let broker = factory.make(Retention::default()).await;
+    let story = story("idem-race-mixed");
+    let key = idempotency_key("race-mixed");
+    let sent: Vec<NewEvent> = (1..=10).flat_map(|n| [event(0), event(n)]).collect();
+
+    // Act
+    let answers = race_appends(CASE, &broker, &story, &key, sent).await;
+
+    // Assert
+    let fresh: Vec<&Appended> = answers.iter().filter_map(|(_, a)| a.as_ref().ok()).filter(|a| !a.duplicate).collect();
+    assert_eq!(fresh.len(), 1, "{CASE}: exactly one of 20 concurrent appends stores, got {answers:?}");
+    let receipt = fresh[0].receipt.clone();
+    let log = read_all(CASE, &*broker, &story).await;
+    assert_eq!(ids_of(&log), vec![receipt.id], "{CASE}: exactly one event stored");
     let winner = number_of(CASE, &log[0]);
-    let winner_sent = sent.iter().find(|e| e.author == format!("author-{winner}")).expect("winner was sent");
-    assert_event(CASE, &log[0], receipt.id, &story, winner_sent);
+    for (ev, answer) in &answers {
+        let n = serde_json::from_str::<serde_json::Value>(ev.data.as_str()).ok().and_then(|v| v["n"].as_u64());
+        match answer {
+            Ok(a) => {
+                assert_eq!(n, Some(winner), "{CASE}: only the stored event's copies are answered 200: {a:?}");
+                assert_eq!(a.receipt, receipt, "{CASE}: a copy of the stored event gets its receipt");
+            }
+            Err(BrokerError::IdempotencyKeyMismatch) => {
+                assert_ne!(n, Some(winner), "{CASE}: a copy of the stored event was refused as a mismatch");
+            }
+            Err(e) => panic!("{CASE}: an append failed with {e} (expected a receipt or a mismatch)"),
+        }
+    }
 }
 
 /// Guarantee 3: the key is remembered for the idempotency window and forgotten after it.
@@ -570,14 +674,14 @@ pub async fn idempotency_key_is_forgotten_after_the_window(factory: &dyn BrokerF
     let first = append_with_key(CASE, &*broker, &story, event(1), &key).await;
     assert!(!first.duplicate, "{CASE}: the first append with a key is not a duplicate");
 
-    // Act
-    let retry = append_with_key(CASE, &*broker, &story, event(2), &key).await;
+    // Act: the same request again and again (another one would be refused while the key is remembered).
+    let retry = append_with_key(CASE, &*broker, &story, event(1), &key).await;
     let retried_within_window = started.elapsed() < WINDOW;
     let after_window = poll_until(
         &format!("{CASE}: an append with the key to be accepted as new once the window passed"),
         DEFAULT_DEADLINE,
         || async {
-            let answer = append_with_key(CASE, &*broker, &story, event(3), &key).await;
+            let answer = append_with_key(CASE, &*broker, &story, event(1), &key).await;
             (!answer.duplicate).then_some(answer)
         },
     )
@@ -599,6 +703,95 @@ pub async fn idempotency_key_is_forgotten_after_the_window(factory: &dyn BrokerF
         vec![first.receipt.id, after_window.receipt.id],
         "{CASE}: the duplicates stored nothing; the first append and the one after the window did"
     );
+}
+
+// --- story expiry ---
+
+/// A retention with the story TTL set (idempotency window far longer, so only the TTL can forget a key).
+fn retention_with_ttl(ttl: Duration) -> Retention {
+    Retention { story_ttl: Some(ttl), ..retention(10_000, Duration::from_secs(3_600)) }
+}
+
+/// Polls until `story` holds nothing at all (its bounds are empty), returning how long that took from `since`.
+async fn wait_until_forgotten(case: &str, broker: &dyn Broker, story: &StoryId, since: Instant) -> Duration {
+    poll_until(&format!("{case}: {story} to be forgotten after its TTL"), DEFAULT_DEADLINE, || async {
+        (bounds(case, broker, story).await == LogBounds::default()).then(|| since.elapsed())
+    })
+    .await
+}
+
+/// Guarantee 8: a story not appended to for its TTL is forgotten, events and idempotency keys together (the key is
+/// remembered for an hour, yet goes with the story), and the next append starts it afresh.
+pub async fn a_story_untouched_for_its_ttl_is_forgotten_with_its_keys(factory: &dyn BrokerFactory) {
+    const CASE: &str = "a_story_untouched_for_its_ttl_is_forgotten_with_its_keys";
+    const TTL: Duration = Duration::from_millis(300);
+    // Arrange
+    let broker = factory.make(retention_with_ttl(TTL)).await;
+    let (story, kept) = (story("expiring"), story("expiring-kept"));
+    let key = idempotency_key("expiring-key");
+    let started = Instant::now();
+    let first = append_with_key(CASE, &*broker, &story, event(1), &key).await;
+    let last_of_kept = append(CASE, &*broker, &kept, event(1)).await;
+
+    // Act: `kept` is appended to within every TTL; `story` is left alone.
+    let forgotten_after = poll_until(&format!("{CASE}: the idle story to be forgotten"), DEFAULT_DEADLINE, || async {
+        let kept_id = append(CASE, &*broker, &kept, event(2)).await.id;
+        (bounds(CASE, &*broker, &story).await == LogBounds::default()).then(|| (started.elapsed(), kept_id))
+    })
+    .await;
+    let reused = append_with_key(CASE, &*broker, &story, event(2), &key).await;
+
+    // Assert
+    assert!(!first.duplicate, "{CASE}: the first append is new");
+    assert!(forgotten_after.0 >= TTL, "{CASE}: forgotten after {:?}, before its {TTL:?} TTL", forgotten_after.0);
+    assert!(!reused.duplicate, "{CASE}: the key went with the story: another event with it is new, not refused");
+    assert_eq!(ids_of(&read_all(CASE, &*broker, &story).await), vec![reused.receipt.id], "{CASE}: a fresh log");
+    let kept_log = read_all(CASE, &*broker, &kept).await;
+    assert_eq!(kept_log.first().map(|e| e.id), Some(last_of_kept.id), "{CASE}: a story appended to is kept whole");
+    assert_eq!(kept_log.last().map(|e| e.id), Some(forgotten_after.1), "{CASE}: ... to its newest event");
+}
+
+/// Guarantee 8, never a silent hole: a reader resuming with an id of a story that expired and started afresh gets
+/// a gap first, on a read, on a new tail and on a tail that was live through the expiry; a reader from `0` does not.
+pub async fn a_reader_of_an_expired_story_gets_a_gap_never_a_silent_hole(factory: &dyn BrokerFactory) {
+    const CASE: &str = "a_reader_of_an_expired_story_gets_a_gap_never_a_silent_hole";
+    const TTL: Duration = Duration::from_millis(300);
+    // Arrange: a live tail that has the story's old events, then the story expires and gets a new one.
+    let broker = factory.make(retention_with_ttl(TTL)).await;
+    let story = story("reborn");
+    let mut live = broker.tail(&story, EventId::ZERO);
+    let old = append_numbered(CASE, &*broker, &story, 0..3).await;
+    assert_eq!(next_ids(CASE, &mut live, 3, "the old events").await, old, "{CASE}: the live tail read them");
+    let idle_since = Instant::now();
+    wait_until_forgotten(CASE, &*broker, &story, idle_since).await;
+    // A reader from 0 that is live when the story starts afresh: it knew nothing of the old life, so no gap.
+    let mut from_zero = broker.tail(&story, EventId::ZERO);
+    let new = append(CASE, &*broker, &story, event(10)).await.id;
+
+    // Act
+    let page = broker
+        .read_after(&story, old[0], PageLimit::new(10).expect("10 is a page limit"))
+        .await
+        .unwrap_or_else(|e| panic!("{CASE}: read_after: {e}"));
+    let mut resumed = broker.tail(&story, old[0]);
+
+    // Assert
+    assert!(new > old[2], "{CASE}: ids are taken from the clock, so the new life's exceed the old one's");
+    let gap = page.gap.unwrap_or_else(|| panic!("{CASE}: a read after {} has no gap", old[0]));
+    assert_eq!((gap.requested, gap.resumed_from), (old[0], new), "{CASE}: the read's gap");
+    assert_eq!(ids_of(&page.events), vec![new], "{CASE}: then the new event");
+    match next_item(CASE, &mut resumed, "a gap on the resumed tail").await {
+        TailItem::Gap(gap) => assert_eq!(gap.requested, old[0], "{CASE}: the resumed tail's gap starts at its id"),
+        TailItem::Event(e) => panic!("{CASE}: the resumed tail yielded {} without a gap (a silent hole)", e.id),
+    }
+    assert_eq!(next_event(CASE, &mut resumed, "the new event").await.id, new, "{CASE}: resumed tail");
+    match next_item(CASE, &mut live, "a gap on the tail that was live through the expiry").await {
+        TailItem::Gap(gap) => assert_eq!(gap.resumed_from, new, "{CASE}: the live tail's gap ends at the new event"),
+        TailItem::Event(e) => panic!("{CASE}: the live tail yielded {} without a gap (a silent hole)", e.id),
+    }
+    assert_eq!(next_event(CASE, &mut live, "the new event").await.id, new, "{CASE}: live tail");
+    assert_eq!(next_event(CASE, &mut from_zero, "the new event").await.id, new, "{CASE}: from 0: no gap");
+    assert_next_is_fresh_append(CASE, &*broker, &story, &mut from_zero).await;
 }
 
 // --- retention and bounds ---
@@ -1159,4 +1352,87 @@ pub async fn ping_succeeds(factory: &dyn BrokerFactory) {
 
     // Assert
     assert_eq!(answer, Ok(()), "{CASE}: ping on a reachable {} broker", broker.kind());
+}
+
+// --- revocations (storyline_core::Revocations) ---
+
+fn revocations_of(case: &str, broker: &dyn Broker) -> Arc<dyn Revocations> {
+    broker.revocations().unwrap_or_else(|| panic!("{case}: the {} broker keeps a revocation list", broker.kind()))
+}
+
+fn target(jti: Option<&str>, sub: Option<&str>) -> RevocationTarget {
+    match (jti, sub) {
+        (Some(jti), _) => RevocationTarget::jti(jti),
+        (None, Some(sub)) => RevocationTarget::sub(sub),
+        (None, None) => panic!("fixture target names nothing"),
+    }
+    .unwrap_or_else(|e| panic!("fixture target: {e}"))
+}
+
+/// A revoke is visible in every later snapshot, each revoke moves the version, the snapshot carries the version it
+/// was read at, and revoking a target again replaces its entry.
+pub async fn revocations_are_stored_counted_and_replaced(factory: &dyn BrokerFactory) {
+    const CASE: &str = "revocations_are_stored_counted_and_replaced";
+    // Arrange
+    let broker = factory.make(Retention::default()).await;
+    let store = revocations_of(CASE, &*broker);
+    let now = 1_800_000_000;
+    let empty = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    assert!(empty.entries(now).is_empty(), "{CASE}: a fresh store revokes nothing");
+    let start = store.version().await.unwrap_or_else(|e| panic!("{CASE}: version: {e}"));
+
+    // Act
+    let token = Revocation { target: target(Some("t-1"), None), until: now + 60 };
+    let subject = Revocation { target: target(None, Some("user:mallory")), until: now + 600 };
+    let mut versions = Vec::new();
+    for entry in [token.clone(), subject.clone()] {
+        versions.push(store.revoke(entry, now).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}")));
+    }
+    let snapshot = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    let shortened = Revocation { until: now + 30, ..subject.clone() };
+    let replaced_at = store.revoke(shortened.clone(), now).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}"));
+    let replaced = store.snapshot(now).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+
+    // Assert
+    assert!(
+        start < versions[0] && versions[0] < versions[1],
+        "{CASE}: each revoke moves the version: {start} {versions:?}"
+    );
+    assert_eq!(snapshot.version, versions[1], "{CASE}: the snapshot carries the version it was read at");
+    assert_eq!(store.version().await, Ok(replaced_at), "{CASE}: version() reads the same counter");
+    assert_eq!(snapshot.entries(now), vec![token.clone(), subject], "{CASE}: both entries, jti first");
+    assert!(snapshot.is_revoked("anyone", Some("t-1"), now), "{CASE}: by jti");
+    assert!(snapshot.is_revoked("user:mallory", None, now), "{CASE}: by sub");
+    assert!(!snapshot.is_revoked("ann", Some("t-2"), now), "{CASE}: nothing else");
+    assert_eq!(replaced.entries(now), vec![token, shortened], "{CASE}: revoking a target again replaces its entry");
+}
+
+/// An entry is in force while `now < until`: a snapshot at or past its `until` leaves it out.
+pub async fn revocations_apply_until_their_until_only(factory: &dyn BrokerFactory) {
+    const CASE: &str = "revocations_apply_until_their_until_only";
+    // Arrange
+    let broker = factory.make(Retention::default()).await;
+    let store = revocations_of(CASE, &*broker);
+    let now = 1_800_000_000;
+    let brief = Revocation { target: target(None, Some("brief")), until: now + 10 };
+    let long = Revocation { target: target(Some("long"), None), until: now + 1000 };
+    for entry in [brief.clone(), long.clone()] {
+        store.revoke(entry, now).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}"));
+    }
+
+    // Act
+    let before = store.snapshot(now + 9).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    let at = store.snapshot(now + 10).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+    // A revoke made later drops what expired by then; the version still moves.
+    let version = store.version().await.unwrap_or_else(|e| panic!("{CASE}: version: {e}"));
+    let again = Revocation { target: target(None, Some("late")), until: now + 2000 };
+    let later = store.revoke(again.clone(), now + 1000).await.unwrap_or_else(|e| panic!("{CASE}: revoke: {e}"));
+    let after = store.snapshot(now + 1000).await.unwrap_or_else(|e| panic!("{CASE}: snapshot: {e}"));
+
+    // Assert
+    assert_eq!(before.entries(now + 9), vec![long.clone(), brief], "{CASE}: both in force before");
+    assert_eq!(at.entries(now + 10), vec![long], "{CASE}: the brief one expired at its until");
+    assert!(!at.is_revoked("brief", None, now + 10), "{CASE}: and no longer applies");
+    assert!(later > version, "{CASE}: the version moved");
+    assert_eq!(after.entries(now + 1000), vec![again], "{CASE}: only what is in force then");
 }

@@ -48,12 +48,16 @@ pub fn sign_with_fixture(key: &str, alg: Algorithm, kid: Option<&str>, mut claim
     jsonwebtoken::encode(&header, &claims, &encoding).expect("sign with fixture key")
 }
 
-/// Serves `GET <anything>` with the current body and status, one request per connection.
+/// Serves `GET <anything>` with the current body and status, one request per connection; over HTTPS with the
+/// test certificate (`fixtures/tls-cert.pem`, for `localhost` and `127.0.0.1`, signed by `fixtures/tls-ca.pem`)
+/// when started with [`JwksServer::start_https`].
 #[derive(Debug)]
 pub struct JwksServer {
     addr: SocketAddr,
     reply: Arc<Mutex<(u16, String)>>,
     task: tokio::task::JoinHandle<()>,
+    /// The HTTPS server's handle, to stop its worker on drop.
+    https: Option<actix_web::dev::ServerHandle>,
 }
 
 impl JwksServer {
@@ -83,11 +87,43 @@ impl JwksServer {
                 });
             }
         });
-        Self { addr, reply, task }
+        Self { addr, reply, task, https: None }
+    }
+
+    /// The same server over HTTPS (rustls, HTTP/1.1 and HTTP/2), with the test certificate.
+    pub async fn start_https(body: &Value) -> Self {
+        use actix_web::{App, HttpResponse, HttpServer, http::StatusCode, web};
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind JWKS server");
+        let addr = listener.local_addr().expect("JWKS server address");
+        let reply = Arc::new(Mutex::new((200, body.to_string())));
+        let shared = web::Data::from(Arc::clone(&reply));
+        let tls = storyline_server::tls::server_config(&fixture("tls-cert.pem"), &fixture("tls-key.pem"))
+            .expect("the test certificate");
+        let server = HttpServer::new(move || {
+            App::new().app_data(shared.clone()).default_service(web::to(
+                |reply: web::Data<Mutex<(u16, String)>>| async move {
+                    let (status, body) = reply.lock().expect("reply lock").clone();
+                    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                        .content_type("application/json")
+                        .body(body)
+                },
+            ))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen_rustls_0_23(listener, (*tls).clone())
+        .expect("serve HTTPS")
+        .run();
+        let handle = server.handle();
+        let task = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        Self { addr, reply, task, https: Some(handle) }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/.well-known/jwks.json", self.addr)
+        let scheme = if self.https.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/.well-known/jwks.json", self.addr)
     }
 
     /// From now on, answer with this status and body.
@@ -98,6 +134,9 @@ impl JwksServer {
 
 impl Drop for JwksServer {
     fn drop(&mut self) {
+        if let Some(handle) = &self.https {
+            drop(handle.stop(false));
+        }
         self.task.abort();
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! - `storyline serve`: run the service (memory broker unless a Redis URL is configured).
 //! - `storyline token`: mint a JWT with the configured secret.
+//! - `storyline revoke`: revoke a token (`--jti`) or every token of a subject (`--sub`) through a running
+//!   instance's admin endpoint (see `revoke.rs`).
 //! - `storyline openapi`: print the OpenAPI document.
 //! - `storyline asyncapi`: print the AsyncAPI document of the streams (YAML).
 //! - `storyline config`: print the effective configuration (secrets redacted).
 //! - `storyline probe`: a synthetic reader and writer that checks round trip and resume (see `probe.rs`).
 
 mod probe;
+mod revoke;
 mod settings;
 mod telemetry;
 
@@ -75,6 +78,9 @@ enum Command {
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
         ttl_secs: u64,
     },
+    /// Revoke a token (--jti) or every token of a subject (--sub) until a time, through a running instance's
+    /// `POST /v1/admin/revocations` (audited there; every instance on the same Redis applies it within a heartbeat).
+    Revoke(revoke::RevokeArgs),
     /// Print the OpenAPI document.
     Openapi,
     /// Print the AsyncAPI document of the streams (YAML).
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
             serve(settings)
         }
         Command::Token { sub, scope, tier, ttl_secs } => token(&settings, &sub, &scope, tier, ttl_secs),
+        Command::Revoke(args) => revoke::main(&settings, args),
         Command::Openapi => write_stdout(&storyline_server::openapi::pretty_json()),
         Command::Asyncapi => {
             storyline_server::asyncapi::yaml().map_err(anyhow::Error::from).and_then(|y| write_stdout(&y))
@@ -244,10 +251,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let addr = settings.listen_addr()?;
     let listener = listen(addr).with_context(|| format!("could not listen on {addr}"))?;
+    let metrics_listener = match settings.metrics_listen_addr()? {
+        Some(addr) => Some(listen(addr).with_context(|| format!("could not listen on {addr} (metrics_listen)"))?),
+        None => None,
+    };
     let config = settings.server_config(secret.clone())?;
-    let app = Application::build(config, broker, listener)?;
+    let metrics_token = config.metrics_token.is_some();
+    let app = Application::build_with_metrics_listener(config, broker, listener, metrics_listener)?;
     let bound = app.local_addr();
     tracing::info!(address = %bound, "listening");
+    match app.metrics_addr() {
+        Some(metrics) => {
+            tracing::info!(metrics_address = %metrics, metrics_token, "/metrics served on its own address only");
+        }
+        None => tracing::info!(metrics_token, "metrics served on the main listener at /metrics"),
+    }
     if ephemeral && settings.jwks().is_none() {
         print_quickstart(&secret, settings.token_rules(), bound)?;
     }

@@ -45,12 +45,18 @@ const PROBE_EVENT_TYPE: &str = "probe";
 /// The environment variable `--token` falls back to. `serve` ignores it (it is listed among the `STORYLINE_*`
 /// variables that are not settings), so one environment can hold both.
 pub(crate) const TOKEN_ENV: &str = "STORYLINE_PROBE_TOKEN";
+/// The environment variable `--ca-file` falls back to; `serve` ignores it too.
+pub(crate) const CA_FILE_ENV: &str = "STORYLINE_PROBE_CA_FILE";
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProbeArgs {
-    /// Base URL of storyline, e.g. http://127.0.0.1:8080 (plain HTTP: this build has no TLS client).
+    /// Base URL of storyline, e.g. http://127.0.0.1:8080 or https://storyline.example (the system's roots, plus
+    /// --ca-file).
     #[arg(long)]
     url: String,
+    /// PEM CA certificate(s) to trust for an https:// URL besides the system's roots (a private CA).
+    #[arg(long, env = CA_FILE_ENV)]
+    ca_file: Option<std::path::PathBuf>,
     /// JWT with read and write scope on the probe story, e.g. from
     /// `storyline token --sub probe --scope 'read:probe:* write:probe:*'`.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
@@ -136,18 +142,21 @@ struct Target {
 impl Target {
     fn new(args: &ProbeArgs) -> anyhow::Result<Self> {
         let base = args.url.trim().trim_end_matches('/');
-        if base.starts_with("https://") {
-            anyhow::bail!("--url {base}: this build of storyline has no TLS client; probe the plain-HTTP listener")
-        }
-        if !base.starts_with("http://") || base.len() <= "http://".len() {
-            anyhow::bail!("--url {base:?} must be an http:// URL, e.g. http://127.0.0.1:8080");
+        let host = base.strip_prefix("http://").or_else(|| base.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
+            anyhow::bail!("--url {base:?} must be an http:// or https:// URL, e.g. http://127.0.0.1:8080");
         }
         let token = args.token.trim().to_owned();
         if token.is_empty() {
             anyhow::bail!("--token (or {TOKEN_ENV}) is empty");
         }
         let timeout = Duration::from_secs(args.timeout_secs);
-        let client = Client::builder(base)
+        let mut builder = Client::builder(base);
+        if let Some(path) = &args.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+            builder = builder.add_root_certificates_pem(pem);
+        }
+        let client = builder
             .token(token)
             .connect_timeout(timeout)
             .request_timeout(timeout)
@@ -413,6 +422,7 @@ fn failure(what: &str, refused: Reason, e: &Error) -> Failure {
             fail(Reason::Auth, format!("{what} answered {}: {}: {}", p.status, p.title, p.detail))
         }
         Error::TimedOut(after) => fail(Reason::Timeout, format!("{what} timed out after {after:?}")),
+        Error::Tls(e) => fail(Reason::Connect, format!("{what}: TLS: {}", error_chain(e))),
         Error::Network(e) if e.is_connect() => {
             fail(Reason::Connect, format!("{what}: could not connect: {}", error_chain(e)))
         }
@@ -476,6 +486,12 @@ impl SseStream {
                 Ok(Some(StreamFrame::Retry(_))) => {}
                 Ok(Some(StreamFrame::TokenExpired { .. })) => {
                     return Err(fail(Reason::Auth, "the stream ended with token-expired: mint a longer-lived token"));
+                }
+                Ok(Some(StreamFrame::TokenRevoked { .. })) => {
+                    return Err(fail(
+                        Reason::Auth,
+                        "the stream ended with token-revoked: the probe's token was revoked",
+                    ));
                 }
                 Ok(None) => return Err(fail(Reason::Protocol, "the server ended the stream")),
                 Err(e) => return Err(failure("reading the stream", Reason::Protocol, &e)),

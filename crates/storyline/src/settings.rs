@@ -46,6 +46,9 @@ pub(crate) struct Settings {
     pub(crate) jwks_url: Option<String>,
     /// Seconds between JWKS refreshes (file re-read, URL re-fetched).
     pub(crate) jwks_refresh_secs: u64,
+    /// PEM CA certificate(s) the JWKS URL's server must chain to, instead of the system's roots; unset: the
+    /// system's roots.
+    pub(crate) jwks_ca_file: Option<String>,
     /// Story patterns readable without a token, as tier guest (comma-separated in the environment).
     #[serde(deserialize_with = "patterns")]
     pub(crate) public_read: Vec<String>,
@@ -68,6 +71,12 @@ pub(crate) struct Settings {
     pub(crate) body_limit_bytes: usize,
     /// How long an Idempotency-Key is remembered, seconds.
     pub(crate) idempotency_window_secs: u64,
+    /// A story not appended to for this many seconds is forgotten: its events and idempotency keys expire
+    /// together (Redis: key expiry; memory: dropped). 0 = never (the default).
+    pub(crate) story_ttl_secs: u64,
+    /// Base of the `Retry-After` sent with a 503 while the broker is unavailable, seconds (1 to 300); each answer
+    /// carries a value drawn uniformly from [base, 2 x base].
+    pub(crate) broker_retry_after_secs: u64,
     /// Base of the jittered `retry:` hint sent to stream clients, milliseconds.
     pub(crate) retry_ms: u64,
     /// Upper bound on one broker call during a request, milliseconds (past it: 503).
@@ -121,6 +130,11 @@ pub(crate) struct Settings {
     pub(crate) metrics_max_event_types: usize,
     /// Log format: `text` (human) or `json`.
     pub(crate) log_format: LogFormat,
+    /// A listener of its own for `/metrics` (`host:port`, plain HTTP); the main listener then answers it 404.
+    /// Unset: `/metrics` is served on the main listener.
+    pub(crate) metrics_listen: Option<String>,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>` (on whichever listener serves it).
+    pub(crate) metrics_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +158,7 @@ impl Default for Settings {
             jwks_file: None,
             jwks_url: None,
             jwks_refresh_secs: 300,
+            jwks_ca_file: None,
             public_read: Vec::new(),
             heartbeat_secs: 15,
             cors_origins: Vec::new(),
@@ -153,6 +168,8 @@ impl Default for Settings {
             redis_cluster_poll_ms: 50,
             body_limit_bytes: 64 * 1024,
             idempotency_window_secs: 24 * 60 * 60,
+            story_ttl_secs: 0,
+            broker_retry_after_secs: 2,
             retry_ms: 2_000,
             broker_timeout_ms: 3_000,
             shutdown_grace_secs: 10,
@@ -179,6 +196,8 @@ impl Default for Settings {
             metrics_max_namespaces: 32,
             metrics_max_event_types: 64,
             log_format: LogFormat::Text,
+            metrics_listen: None,
+            metrics_token: None,
         }
     }
 }
@@ -212,20 +231,27 @@ fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 struct EnvSource(Dict);
 
 const PREFIX: &str = "STORYLINE_";
+/// The longest story TTL accepted: ten years (Redis takes expiries in milliseconds; this keeps them far from any
+/// overflow).
+const MAX_STORY_TTL_SECS: u64 = 10 * 365 * 24 * 60 * 60;
 /// The most HTTP workers actix-server starts (it panics on more).
 const MAX_WORKERS: usize = 512;
 /// URL schemes fred connects with: a server (optionally over a Unix socket), a cluster, or a server found
 /// through Sentinel.
 const REDIS_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://", "redis-cluster://", "redis-sentinel://"];
 /// `STORYLINE_*` variables that are read elsewhere (the config file path is a command-line concern; the probe's
-/// token belongs to `storyline probe`, and a host running both must be able to hold it next to `serve`'s settings).
-const NOT_SETTINGS: &[&str] = &["config", "probe_token"];
+/// token and CA file belong to `storyline probe`, and a host running both must be able to hold them next to
+/// `serve`'s settings; `STORYLINE_URL` and `STORYLINE_TOKEN` are the clients' (the agent example and the client
+/// docs read them), and an agent's environment may hold them next to a local `serve` or `storyline token`).
+const NOT_SETTINGS: &[&str] = &["config", "probe_token", "probe_ca_file", "url", "token"];
 const NUMERIC: &[&str] = &[
     "heartbeat_secs",
     "retention_max_events",
     "retention_max_age_secs",
     "body_limit_bytes",
     "idempotency_window_secs",
+    "story_ttl_secs",
+    "broker_retry_after_secs",
     "retry_ms",
     "broker_timeout_ms",
     "shutdown_grace_secs",
@@ -320,14 +346,29 @@ impl Settings {
         settings.jwt_audience = settings.jwt_audience.filter(|s| !s.is_empty());
         settings.jwks_file = settings.jwks_file.filter(|s| !s.trim().is_empty());
         settings.jwks_url = settings.jwks_url.filter(|s| !s.trim().is_empty());
+        settings.jwks_ca_file = settings.jwks_ca_file.filter(|s| !s.trim().is_empty());
         settings.tls_cert_file = settings.tls_cert_file.filter(|s| !s.trim().is_empty());
         settings.tls_key_file = settings.tls_key_file.filter(|s| !s.trim().is_empty());
+        settings.metrics_listen = settings.metrics_listen.filter(|s| !s.trim().is_empty());
+        settings.metrics_token = settings.metrics_token.filter(|s| !s.is_empty());
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        if let Some(metrics) = self.metrics_listen_addr()?
+            && metrics == self.listen_addr()?
+        {
+            bail!("metrics_listen {metrics} is the main listen address: give /metrics a port of its own, or unset it");
+        }
+        if let Some(token) = &self.metrics_token
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!(
+                "metrics_token must be at least 16 visible ASCII characters (no spaces; 32 random bytes as hex recommended)"
+            );
+        }
         if let Some(url) = &self.redis_url
             && !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme))
         {
@@ -353,6 +394,12 @@ impl Settings {
         if self.idempotency_window_secs == 0 {
             bail!("idempotency_window_secs must be at least 1");
         }
+        if self.story_ttl_secs > MAX_STORY_TTL_SECS {
+            bail!("story_ttl_secs must be at most {MAX_STORY_TTL_SECS} (ten years; 0 = never)");
+        }
+        if !(1..=300).contains(&self.broker_retry_after_secs) {
+            bail!("broker_retry_after_secs must be between 1 and 300");
+        }
         if self.slow_consumer_secs == 0 {
             bail!("slow_consumer_secs must be at least 1");
         }
@@ -376,6 +423,14 @@ impl Settings {
         if let Some(file) = &self.jwks_file {
             storyline_server::jwks::Jwks::load(JwksSource::new(Some(file.into()), None))
                 .with_context(|| format!("jwks_file {file:?}"))?;
+        }
+        if let Some(ca) = &self.jwks_ca_file {
+            if self.jwks_url.is_none() {
+                bail!("jwks_ca_file is the CA of jwks_url's server: set jwks_url too, or unset it");
+            }
+            let mut source = JwksSource::new(None, self.jwks_url.clone());
+            source.ca_file = Some(ca.into());
+            storyline_server::jwks::Jwks::load(source).with_context(|| format!("jwks_ca_file {ca:?}"))?;
         }
         if self.jwks_refresh_secs < 10 {
             bail!("jwks_refresh_secs must be at least 10");
@@ -425,6 +480,18 @@ impl Settings {
         self.listen.parse().with_context(|| format!("listen {:?} is not host:port (e.g. 127.0.0.1:8080)", self.listen))
     }
 
+    /// The metrics listener's address, when `/metrics` has one of its own.
+    pub(crate) fn metrics_listen_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        self.metrics_listen
+            .as_deref()
+            .map(|addr| {
+                addr.trim()
+                    .parse()
+                    .with_context(|| format!("metrics_listen {addr:?} is not host:port (e.g. 0.0.0.0:9464)"))
+            })
+            .transpose()
+    }
+
     pub(crate) fn token_rules(&self) -> TokenRules {
         TokenRules {
             issuer: self.jwt_issuer.clone(),
@@ -438,6 +505,7 @@ impl Settings {
     pub(crate) fn jwks(&self) -> Option<JwksSource> {
         (self.jwks_file.is_some() || self.jwks_url.is_some()).then(|| JwksSource {
             refresh: Duration::from_secs(self.jwks_refresh_secs),
+            ca_file: self.jwks_ca_file.as_ref().map(Into::into),
             ..JwksSource::new(self.jwks_file.as_ref().map(Into::into), self.jwks_url.clone())
         })
     }
@@ -497,6 +565,7 @@ impl Settings {
             cors_origins: self.cors_origins.clone(),
             body_limit_bytes: self.body_limit_bytes,
             broker_timeout: Duration::from_millis(self.broker_timeout_ms),
+            retry_after_secs: u32::try_from(self.broker_retry_after_secs).unwrap_or(u32::MAX),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             drain_window: Duration::from_secs(self.drain_window_secs),
             workers: (self.workers > 0).then_some(self.workers),
@@ -509,6 +578,7 @@ impl Settings {
             token_rules: self.token_rules(),
             jwks: self.jwks(),
             jwt_previous_secret: self.jwt_secret_previous.as_ref().map(|s| JwtSecret::new(s.as_bytes())),
+            metrics_token: self.metrics_token.as_ref().map(|t| storyline_server::MetricsToken::new(t.as_bytes())),
             ..ServerConfig::new(secret)
         })
     }
@@ -520,6 +590,7 @@ impl Settings {
                 max_age: max_age(self.retention_max_age_secs),
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+            story_ttl: max_age(self.story_ttl_secs),
             ..Retention::default()
         };
         Ok(self.namespace_retention()?.into_iter().fold(defaults, |r, (ns, log)| r.with_namespace(ns, log)))
@@ -564,6 +635,9 @@ impl Settings {
         }
         if let Some(url) = &shown.redis_url {
             shown.redis_url = Some(redact_url(url));
+        }
+        if shown.metrics_token.is_some() {
+            shown.metrics_token = Some("<redacted>".into());
         }
         toml::to_string(&shown).unwrap_or_default()
     }
@@ -611,6 +685,7 @@ mod tests {
             ("STORYLINE_CORS_ORIGINS", "https://a.example"),
             ("STORYLINE_BODY_LIMIT_BYTES", "4096"),
             ("STORYLINE_BROKER_TIMEOUT_MS", "777"),
+            ("STORYLINE_BROKER_RETRY_AFTER_SECS", "9"),
             ("STORYLINE_SHUTDOWN_GRACE_SECS", "3"),
             ("STORYLINE_DRAIN_WINDOW_SECS", "4"),
             ("STORYLINE_STREAM_ADMISSIONS_PER_SEC", "9"),
@@ -625,6 +700,7 @@ mod tests {
             ("STORYLINE_JWT_SECRET_PREVIOUS", "the-old-secret-0123456789"),
             ("STORYLINE_JWKS_URL", "https://idp.example/jwks.json"),
             ("STORYLINE_JWKS_REFRESH_SECS", "60"),
+            ("STORYLINE_JWKS_CA_FILE", &fixture("tls-ca.pem")),
             ("STORYLINE_PUBLISH_RATE_GUEST", "2"),
             ("STORYLINE_METRICS_MAX_NAMESPACES", "5"),
             ("STORYLINE_METRICS_MAX_EVENT_TYPES", "6"),
@@ -639,6 +715,7 @@ mod tests {
             ("STORYLINE_IP_DENY", "10.9.0.0/16,2001:db8::/32"),
             ("STORYLINE_TLS_CERT_FILE", &fixture("tls-cert.pem")),
             ("STORYLINE_TLS_KEY_FILE", &fixture("tls-key.pem")),
+            ("STORYLINE_METRICS_TOKEN", "metrics-token-0123456789"),
         ];
         let s =
             Settings::load(None, env.map(|(k, v)| (k.to_owned(), v.to_owned()))).unwrap_or_else(|e| panic!("{e:#}"));
@@ -648,6 +725,7 @@ mod tests {
         assert_eq!(c.cors_origins, ["https://a.example"]);
         assert_eq!(c.body_limit_bytes, 4096);
         assert_eq!(c.broker_timeout, Duration::from_millis(777));
+        assert_eq!(c.retry_after_secs, 9);
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
         assert_eq!(c.drain_window, Duration::from_secs(4));
         assert_eq!(c.workers, Some(3));
@@ -679,11 +757,13 @@ mod tests {
             }
         );
         assert_eq!(c.tls.map(|t| t.alpn_protocols.clone()), Some(vec![b"h2".to_vec(), b"http/1.1".to_vec()]));
+        assert!(c.metrics_token.is_some_and(|t| t.matches(b"metrics-token-0123456789")), "the metrics token");
         let jwks = c.jwks.unwrap_or_else(|| panic!("jwks"));
         assert_eq!(
             (jwks.url.as_deref(), jwks.refresh),
             (Some("https://idp.example/jwks.json"), Duration::from_secs(60))
         );
+        assert_eq!(jwks.ca_file, Some(fixture("tls-ca.pem").into()));
     }
 
     #[test]
@@ -702,6 +782,17 @@ mod tests {
     fn the_probe_token_variable_is_not_an_unknown_setting() {
         let s = Settings::load(None, env(&[("STORYLINE_PROBE_TOKEN", "a.b.c"), ("STORYLINE_HEARTBEAT_SECS", "7")]));
         assert_eq!(s.map(|s| s.heartbeat_secs).ok(), Some(7), "serve starts with STORYLINE_PROBE_TOKEN set");
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_unknown_settings() {
+        let vars = [
+            ("STORYLINE_URL", "http://127.0.0.1:8080"),
+            ("STORYLINE_TOKEN", "a.b.c"),
+            ("STORYLINE_HEARTBEAT_SECS", "7"),
+        ];
+        let s = Settings::load(None, env(&vars));
+        assert_eq!(s.map(|s| s.heartbeat_secs).ok(), Some(7), "serve starts with the client's variables set");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -761,6 +852,23 @@ mod tests {
             (&[("STORYLINE_WORKERS", "513")], "workers must be at most 512"),
             (&[("STORYLINE_MAX_STORIES_PER_STREAM", "0")], "max_stories_per_stream"),
             (&[("STORYLINE_MAX_STORIES_PER_STREAM", "257")], "max_stories_per_stream"),
+            (
+                &[("STORYLINE_JWKS_CA_FILE", "/nonexistent.pem"), ("STORYLINE_JWKS_URL", "https://i.example/k")],
+                "jwks_ca_file",
+            ),
+            (
+                &[("STORYLINE_JWKS_CA_FILE", &fixture("tls-key.pem")), ("STORYLINE_JWKS_URL", "https://i.example/k")],
+                "jwks_ca_file",
+            ),
+            (&[("STORYLINE_JWKS_CA_FILE", &fixture("tls-ca.pem"))], "set jwks_url too"),
+            (&[("STORYLINE_METRICS_LISTEN", "nowhere")], "metrics_listen"),
+            (&[("STORYLINE_METRICS_LISTEN", "127.0.0.1:8080")], "port of its own"),
+            (&[("STORYLINE_METRICS_TOKEN", "short")], "metrics_token"),
+            (&[("STORYLINE_METRICS_TOKEN", "has a space in it 0123456789")], "metrics_token"),
+            (&[("STORYLINE_BROKER_RETRY_AFTER_SECS", "0")], "broker_retry_after_secs"),
+            (&[("STORYLINE_BROKER_RETRY_AFTER_SECS", "301")], "broker_retry_after_secs"),
+            (&[("STORYLINE_STORY_TTL_SECS", "315360001")], "story_ttl_secs"),
+            (&[("STORYLINE_STORY_TTL_SECS", "soon")], "STORYLINE_STORY_TTL_SECS"),
         ];
         for (vars, needle) in cases {
             let err = Settings::load(None, env(vars)).err().map(|e| format!("{e:#}")).unwrap_or_default();
@@ -792,6 +900,17 @@ mod tests {
     }
 
     #[test]
+    fn the_story_ttl_is_off_by_default_and_reaches_the_retention() {
+        let default = Settings::load(None, env(&[])).and_then(|s| s.retention()).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(default.story_ttl, None, "off by default");
+        let set = Settings::load(None, env(&[("STORYLINE_STORY_TTL_SECS", "86400")]))
+            .and_then(|s| s.retention())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(set.story_ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(ServerConfig::new(JwtSecret::new("0123456789abcdef")).retry_after_secs, 2, "Retry-After base 2 s");
+    }
+
+    #[test]
     fn cluster_and_sentinel_urls_are_accepted() {
         for url in [
             "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001",
@@ -820,9 +939,11 @@ mod tests {
             jwt_secret: Some("super-secret-value".into()),
             jwt_secret_previous: Some("older-secret-value".into()),
             redis_url: Some("redis://app:pw@redis:6379/0".into()),
+            metrics_token: Some("metrics-token-value".into()),
             ..Settings::default()
         };
         let shown = s.to_toml_redacted();
+        assert!(!shown.contains("metrics-token-value"), "{shown}");
         assert!(!shown.contains("super-secret-value") && !shown.contains(":pw@"), "{shown}");
         assert!(!shown.contains("older-secret-value"), "{shown}");
         assert!(shown.contains("redis://app:<redacted>@redis:6379/0"), "{shown}");

@@ -112,14 +112,41 @@ fn promtool_check_rules_accepts_the_rule_file() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
-#[test]
-fn promtool_unit_tests_show_every_alert_firing_and_staying_quiet_on_a_brief_spike() {
-    let out = promtool(&grafana().join("prometheus"), &["test", "rules", "storyline-rules.test.yml"]);
+/// The promtool unit test files, each run by its own test so that they run in parallel: the alerts that move
+/// within minutes (evaluated every 15 s) and those that need hours or a day of history (every minute).
+const RULE_TEST_FILES: &[&str] = &["storyline-rules.test.yml", "storyline-rules.long.test.yml"];
+
+fn promtool_test_rules(file: &str) {
+    let out = promtool(&grafana().join("prometheus"), &["test", "rules", file]);
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn promtool_unit_tests_of_the_fast_moving_alerts_pass() {
+    promtool_test_rules(RULE_TEST_FILES[0]);
+}
+
+#[test]
+fn promtool_unit_tests_of_the_alerts_that_need_hours_of_history_pass() {
+    promtool_test_rules(RULE_TEST_FILES[1]);
+}
+
+#[test]
+fn every_alert_has_a_unit_test_where_it_fires_and_one_where_it_stays_quiet() {
+    // Every test file in the directory is one of those run above.
+    let mut found: Vec<String> = std::fs::read_dir(grafana().join("prometheus"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".test.yml"))
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = RULE_TEST_FILES.iter().map(|f| (*f).to_owned()).collect();
+    listed.sort();
+    assert_eq!(found, listed, "every promtool test file in grafana/prometheus is run by this suite");
 
     // Every alert has a unit test in which it fires (an expected alert with labels) and one in which it is
-    // expected quiet.
-    let tests = read(&grafana().join("prometheus/storyline-rules.test.yml"));
+    // expected quiet, in one of the files.
+    let tests: String = RULE_TEST_FILES.iter().map(|f| read(&grafana().join("prometheus").join(f))).collect();
     for alert in alerts() {
         let checked = format!("alertname: {}\n", alert.name);
         let fires = format!("alertname: {}\n        exp_alerts:\n          - exp_labels:", alert.name);

@@ -333,3 +333,32 @@ async fn security_events_are_audited_as_json_lines_and_counted_by_reason() {
         assert!(metrics.contains(&series), "{series} in /metrics");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_asks_the_running_instance_and_its_tokens_are_refused_from_then_on() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let reader = mint_token(SECRET, &["--sub", "leaker", "--scope", "read:*"]);
+    let (serve, rx) = serve(&[("STORYLINE_JWT_SECRET", SECRET), ("STORYLINE_LOG_FORMAT", "text")]);
+    let base = logged_base_url(&rx);
+    let client = storyline_testkit::http_client();
+    let history = || client.get(format!("{base}/v1/stories/demo/events")).bearer_auth(&reader).send();
+    assert_eq!(history().await.unwrap().status(), 200);
+
+    let env = [("STORYLINE_JWT_SECRET", SECRET)];
+    let refused = storyline(&["revoke", "--ttl-secs", "60", "--url", &base], &env);
+    assert!(!refused.status.success(), "a target is required");
+    let out = storyline(&["revoke", "--sub", "leaker", "--ttl-secs", "60", "--url", &base], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry["sub"], "leaker", "prints the stored entry: {entry}");
+
+    let answer = history().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:storyline:problem:token-revoked");
+    let wrong =
+        storyline(&["revoke", "--sub", "x", "--ttl-secs", "60", "--url", &base, "--admin-token", &reader], &env);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"), "{}", String::from_utf8_lossy(&wrong.stderr));
+    drop(serve);
+}

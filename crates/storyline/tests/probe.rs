@@ -241,3 +241,32 @@ async fn probe_once_fails_the_resume_check_on_a_gap_or_a_replay() {
         assert!(stderr.contains("reason=resume") && stderr.contains(expected), "{mode:?}: {stderr}");
     }
 }
+
+#[test]
+fn probe_once_over_https_trusts_the_ca_file_and_refuses_an_untrusted_certificate() {
+    let token = mint(SECRET, PROBE_SCOPE);
+    let (cert, key, ca) = (
+        storyline_testkit::fixture("tls-cert.pem"),
+        storyline_testkit::fixture("tls-key.pem"),
+        storyline_testkit::fixture("tls-ca.pem"),
+    );
+    let (_serve, base) = serve(&[
+        ("STORYLINE_TLS_CERT_FILE", cert.to_str().unwrap()),
+        ("STORYLINE_TLS_KEY_FILE", key.to_str().unwrap()),
+    ]);
+    let base = base.replacen("http://", "https://", 1);
+
+    let trusted = storyline(
+        &["probe", "--once", "--url", &base, "--timeout-secs", "5", "--ca-file", ca.to_str().unwrap()],
+        &[("STORYLINE_PROBE_TOKEN", &token)],
+    );
+    let stdout = String::from_utf8_lossy(&trusted.stdout);
+    assert_eq!(trusted.status.code(), Some(0), "{stdout}\nstderr: {}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(stdout.contains("resume=ok"), "{stdout}");
+
+    let untrusted =
+        storyline(&["probe", "--once", "--url", &base, "--timeout-secs", "5"], &[("STORYLINE_PROBE_TOKEN", &token)]);
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(1), "the test CA is not among the system's roots: {stderr}");
+    assert!(stderr.contains("reason=connect") && stderr.contains("TLS"), "{stderr}");
+}

@@ -6,7 +6,11 @@
 //!   span), A's broker append span (a child of the ingress span), and B's fan-out span (a child of the ingress
 //!   span, joined through the trace context stored with the event in Redis) with its subscriber count;
 //! - A's JSON log line for that request carries the trace id;
-//! - with the collector down, the service works and counts the spans it dropped.
+//! - with the collector down, the service works and counts the spans it dropped;
+//! - to an `https://` OTLP/HTTP collector whose certificate comes from a private CA (a receiver this test runs
+//!   with the test certificate), spans arrive once the CA is named in `OTEL_EXPORTER_OTLP_CERTIFICATE`;
+//! - with a collector that accepts and never answers, the export queue fills and the spans refused are counted
+//!   (`reason="queue_full"`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -104,6 +108,21 @@ async fn start_collector(collector: Collector) -> String {
             .add_service(TraceServiceServer::new(collector))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
+    endpoint
+}
+
+/// The same receiver over TLS with the test certificate (signed by the test CA); returns its `https://` endpoint.
+async fn start_tls_collector(collector: Collector) -> String {
+    use tonic::transport::{Identity, ServerTlsConfig};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let cert = std::fs::read(storyline_testkit::fixture("tls-cert.pem")).unwrap();
+    let key = std::fs::read(storyline_testkit::fixture("tls-key.pem")).unwrap();
+    let server = tonic::transport::Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        .unwrap()
+        .add_service(TraceServiceServer::new(collector));
+    tokio::spawn(server.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
     endpoint
 }
 
@@ -225,10 +244,135 @@ async fn with_the_collector_down_the_service_works_and_counts_the_dropped_spans(
     read_until(&mut stream, "unexported").await;
     poll_until("the dropped spans are counted", WAIT, || async {
         let text = client.get(format!("{a}/metrics")).send().await.ok()?.text().await.ok()?;
-        let dropped = storyline_testkit::metric_value(&text, "storyline_trace_spans_dropped_total")?;
+        let dropped =
+            storyline_testkit::metric_value(&text, "storyline_trace_spans_dropped_total{reason=\"export_failed\"}")?;
         (dropped > 0.0).then_some(())
     })
     .await;
     post(&client, &a, &token, r#"{"type":"chapter","data":"still-served"}"#, None).await;
     read_until(&mut stream, "still-served").await;
+}
+
+/// An OTLP/HTTP receiver over HTTPS with the test certificate (`localhost`, `127.0.0.1`; signed by the test CA):
+/// `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`; the span names received. Returns its base URL.
+async fn start_https_collector(names: Arc<Mutex<Vec<String>>>) -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use prost::Message as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let tls = storyline_server::tls::server_config(
+        &storyline_testkit::fixture("tls-cert.pem"),
+        &storyline_testkit::fixture("tls-key.pem"),
+    )
+    .unwrap();
+    let names = web::Data::from(names);
+    let server = HttpServer::new(move || {
+        App::new().app_data(names.clone()).route(
+            "/v1/traces",
+            web::post().to(|names: web::Data<Mutex<Vec<String>>>, body: web::Bytes| async move {
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return HttpResponse::BadRequest().finish();
+                };
+                let spans = request.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
+                names.lock().unwrap().extend(spans.map(|span| span.name));
+                HttpResponse::Ok()
+                    .content_type("application/x-protobuf")
+                    .body(ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen_rustls_0_23(listener, (*tls).clone())
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_whose_ca_is_named_in_otel_exporter_otlp_certificate() {
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let endpoint = start_https_collector(Arc::clone(&names)).await;
+    let redis = RedisServer::start();
+    let ca = storyline_testkit::fixture("tls-ca.pem");
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+    ];
+    let (_a, _logs, a) = serve(&redis, &otel, "tls");
+    let token = token();
+    let client = storyline_testkit::http_client();
+    post(&client, &a, &token, r#"{"type":"chapter","data":"over-tls"}"#, None).await;
+    poll_until("the POST's request span arrives at the https collector", WAIT, || {
+        let arrived = names.lock().unwrap().iter().any(|n| n == "POST /v1/stories/{story}/events");
+        async move { arrived.then_some(()) }
+    })
+    .await;
+    let text = client.get(format!("{a}/metrics")).send().await.unwrap().text().await.unwrap();
+    let failed =
+        storyline_testkit::metric_value(&text, "storyline_trace_spans_dropped_total{reason=\"export_failed\"}");
+    assert_eq!(failed, Some(0.0), "no export failed over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_grpc_collector_whose_ca_is_named_in_otel_exporter_otlp_certificate() {
+    let collector = Collector::default();
+    let endpoint = start_tls_collector(collector.clone()).await;
+    let redis = RedisServer::start();
+    let ca = storyline_testkit::fixture("tls-ca.pem");
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+    ];
+    let (_a, _logs, a) = serve(&redis, &otel, "grpc-tls");
+    let token = token();
+    let client = storyline_testkit::http_client();
+    post(&client, &a, &token, r#"{"type":"chapter","data":"over-grpc-tls"}"#, None).await;
+    poll_until("the POST's request span arrives at the gRPC collector over TLS", WAIT, || {
+        let arrived = collector.spans.lock().unwrap().iter().any(|s| s.name == "POST /v1/stories/{story}/events");
+        async move { arrived.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_ended_while_the_export_queue_is_full_are_counted() {
+    // A collector that accepts connections and never answers: the first export hangs, and the queue behind it
+    // (two spans) fills.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", stalled.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = stalled.accept().await {
+            held.push(socket);
+        }
+    });
+    let redis = RedisServer::start();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "120000"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "2"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+    ];
+    let (_a, _logs, a) = serve(&redis, &otel, "stalled");
+    let token = token();
+    let client = storyline_testkit::http_client();
+    let series = "storyline_trace_spans_dropped_total{reason=\"queue_full\"}";
+    let before = client.get(format!("{a}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(storyline_testkit::metric_value(&before, series), Some(0.0), "registered at 0:\n{before}");
+    poll_until("spans refused by the full queue are counted", WAIT, || async {
+        post(&client, &a, &token, r#"{"type":"chapter","data":"queued"}"#, None).await;
+        let text = client.get(format!("{a}/metrics")).send().await.ok()?.text().await.ok()?;
+        (storyline_testkit::metric_value(&text, series)? > 0.0).then_some(())
+    })
+    .await;
+    let text = client.get(format!("{a}/metrics")).send().await.unwrap().text().await.unwrap();
+    let failed =
+        storyline_testkit::metric_value(&text, "storyline_trace_spans_dropped_total{reason=\"export_failed\"}");
+    assert_eq!(failed, Some(0.0), "nothing failed yet: the export is still waiting");
 }

@@ -6,5 +6,6 @@ mod support;
 mod errors;
 mod history;
 mod publish;
+mod revocation;
 mod subscribe;
 mod tls;

@@ -4,12 +4,19 @@
 //! `Idempotency-Key` (400), media type (415), size (413, before reading a declared-too-large body), JSON syntax
 //! (400), shape and event type (422). The answer (201, or 200 for an idempotent replay) is sent only after the
 //! broker holds the event.
+//!
+//! Idempotency (IETF httpapi Idempotency-Key draft): the key is remembered with a fingerprint of the request
+//! (SHA-256 of the event type and data as stored; the method and story are fixed by the route and the key's
+//! scope). A repeat with the same fingerprint is answered 200 with the first receipt; the key reused with another
+//! fingerprint is 422 `idempotency-key-mismatch` and stores nothing. A request whose key's first request is still
+//! in flight waits for it (the broker's check-and-append is one atomic step per story), then gets one of those
+//! two answers: never 409, on any instance, with either broker.
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, http::header, post, web};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use storyline_core::{EventData, EventType, IdempotencyKey, Metadata, NewEvent};
+use storyline_core::{EventData, EventType, Idempotency, IdempotencyKey, Metadata, NewEvent};
 
 use crate::{
     auth::Principal,
@@ -36,7 +43,7 @@ struct Body<'a> {
     tag = "events",
     params(
         ("story" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", description = "Story id"),
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,128}$", description = "1..128 visible ASCII characters. Within the idempotency window (default 24 h), a repeat on the same story returns 200 with the first event's receipt and appends nothing."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,128}$", description = "1..128 visible ASCII characters. Within the idempotency window (default 24 h), a repeat on the same story with the same event (type and data) returns 200 with the first event's receipt and appends nothing; the key reused with a different event is 422 `idempotency-key-mismatch` and appends nothing. A repeat sent while the first request with the key is still being appended waits for it (serialised, on every instance) and then gets one of those answers; it is never answered 409."),
     ),
     request_body(content = PublishRequest, content_type = "application/json"),
     responses(
@@ -47,9 +54,9 @@ struct Body<'a> {
         (status = 403, description = "Token lacks write scope for this story (`forbidden`), or the client address is not allowed (`ip-denied`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the limit", body = crate::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not application/json", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Body is JSON but not a valid event (shape, or event type invalid or reserved)", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is JSON but not a valid event (shape, or event type invalid or reserved: `invalid-event`), or the Idempotency-Key was already used on this story for a different event (`idempotency-key-mismatch`; nothing was appended, and retrying will not help: use a new key)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Publish rate exceeded: per principal (by tier) or per story (`rate-limited`); see Retry-After. Nothing was appended", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable (`unavailable`): nothing was stored. Or the append was sent to the broker but not confirmed in time (`unconfirmed`): the event may have been stored, and a retry with the same Idempotency-Key answers 200 with its receipt if it was. See Retry-After", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Broker unavailable (`unavailable`): nothing was stored. Or the append was sent to the broker but not confirmed in time (`unconfirmed`): the event may have been stored, and a retry with the same Idempotency-Key answers 200 with its receipt if it was. See Retry-After: whole seconds drawn per response from [base, 2 x base] (base `STORYLINE_BROKER_RETRY_AFTER_SECS`, default 2), so writers turned away together do not return together", body = crate::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = []), ("cookie" = []))
 )]
@@ -76,11 +83,12 @@ pub(crate) async fn publish(
     let mut meta = Metadata::new();
     crate::telemetry::inject_current(&mut meta, req.headers());
     let event = NewEvent { event_type, data, author: principal.sub.clone(), ts: super::now_ms(), meta };
+    let idempotency = idempotency_key.map(|key| Idempotency::for_event(key, &event));
     let appended = super::with_broker(
         state.config.broker_timeout,
         state.config.retry_after_secs,
         super::Effect::Append,
-        state.broker.append(&story, event, idempotency_key.as_ref()),
+        state.broker.append(&story, event, idempotency.as_ref()),
     )
     .await?;
 

@@ -7,7 +7,8 @@
 //! - `<ms>-<seq>`: after that event. Whenever events due to the reader were trimmed by retention before they
 //!   could be delivered (an old resume point, or a reader that fell behind), an `event: gap` frame names the
 //!   last position and the id delivery resumes from. A resume id newer than anything in the story (a reset
-//!   store) also gets a gap frame, then the retained history. Never a silent hole.
+//!   store) also gets a gap frame, then the retained history; so does a resume id of a story that expired
+//!   (story TTL) and started afresh (the broker records its forgotten past as trimmed). Never a silent hole.
 //!
 //! Events come from the fan-out engine (`storyline-hub`): one broker tail per story, frames encoded once and
 //! shared; the response body writes those bytes as they are, plus a heartbeat from one process-wide tick.
@@ -18,7 +19,8 @@
 //! At shutdown every stream ends at a frame boundary, at its own random moment in the drain window, after a
 //! last jittered `retry:` frame, so that readers reconnect to the other instances spread out, not in one burst.
 //! When the token's `exp` passes, the stream ends after an `event: token-expired` frame; the client resumes with
-//! a new token and `Last-Event-ID`.
+//! a new token and `Last-Event-ID`. When the token is revoked (by its `jti` or its `sub`, see `revocation`), the
+//! stream ends within one heartbeat after an `event: token-revoked` frame; that token is refused from then on.
 
 use std::{
     collections::VecDeque,
@@ -29,7 +31,9 @@ use std::{
 
 use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
 use serde::{Deserialize, Serialize};
-use storyline_core::{EventId, Gap, LogBounds, StoryId, TOKEN_EXPIRED_EVENT};
+use storyline_core::{
+    EventId, Gap, LogBounds, Revocation, RevocationTarget, StoryId, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT,
+};
 use storyline_hub::{Bytes, Delivery, Subscription, encode_gap};
 use tokio::{sync::watch, time::Sleep};
 
@@ -62,9 +66,9 @@ pub(crate) struct StreamQuery {
         ("access_token" = Option<String>, Query, description = "Token, for EventSource (which cannot set headers)"),
     ),
     responses(
-        (status = 200, description = "An endless `text/event-stream`. Each event frame carries `id`, `event` (the event type) and `data` (the envelope as one line of JSON). A `gap` event (data: GapData) precedes a resume whose point was trimmed. When the token expires, a `token-expired` event (data: `{\"expired_at\": <the token's exp, seconds since the Unix epoch>}`, no `id`) is the last frame and the server closes the stream; reconnect with a new token and `Last-Event-ID` to lose nothing.", body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
+        (status = 200, description = "An endless `text/event-stream`. Each event frame carries `id`, `event` (the event type) and `data` (the envelope as one line of JSON). A `gap` event (data: GapData) precedes a resume whose point was trimmed. When the token expires, a `token-expired` event (data: `{\"expired_at\": <the token's exp, seconds since the Unix epoch>}`, no `id`) is the last frame and the server closes the stream; reconnect with a new token and `Last-Event-ID` to lose nothing. When the token is revoked (`POST /v1/admin/revocations`), a `token-revoked` event (data: TokenRevokedData, no `id`) is the last frame, within one heartbeat period; do not reconnect with that token.", body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
         (status = 400, description = "Bad story id or resume id", body = crate::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, invalid or expired token", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token (`unauthenticated`), or a revoked one (`token-revoked`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks read scope for this story (`forbidden`), or the client address is not allowed (`ip-denied`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many new streams from this client address, or too many open streams for this principal (`rate-limited`); see Retry-After", body = crate::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The instance is shutting down (`draining`) or already holds its maximum of open streams or is admitting new streams at its maximum rate, as in a reconnect storm (`at-capacity`); see Retry-After. (A broker outage does not fail the open: the stream stays open and catches up when the broker is back.)", body = crate::Problem, content_type = "application/problem+json"),
@@ -178,6 +182,7 @@ pub(crate) fn respond<S: Source + 'static>(
     let watch = req.conn_data::<ConnFd>().map(|fd| Watch::register(fd.0, slow_after));
     let expires_at = principal.expires_at;
     let body = Body {
+        holder: crate::revocation::Holder::of(principal),
         watch,
         preface,
         expires_at,
@@ -313,6 +318,8 @@ pub(crate) struct Body<S: Source> {
     /// Armed only within one heartbeat period of `expires_at` (checked at each tick), so that streams far from
     /// expiry carry no timer.
     expiry: Option<Pin<Box<Sleep>>>,
+    /// The token's `sub` and `jti`, checked against the revocation list at every signal (`None`: a guest).
+    holder: Option<Arc<crate::revocation::Holder>>,
     /// Ends the stream once `preface` is sent.
     closing: bool,
     /// This stream's moment in the drain window, in thousandths of it (see [`startup::drain_moment`]).
@@ -393,6 +400,8 @@ enum Step {
     Emit(Bytes),
     /// The token expired: send the `token-expired` frame, then end.
     Expired,
+    /// The token was revoked: send the `token-revoked` frame, then end.
+    Revoked(RevokedBy),
     /// This stream's moment in the drain has come: send a fresh `retry:` hint, then end.
     Drain,
     Again,
@@ -416,7 +425,12 @@ impl<S: Source> Body<S> {
             let step = tokio::select! {
                 biased;
                 changed = self.signals.changed() => match changed {
-                    Ok(()) => match *self.signals.borrow_and_update() {
+                    // Whatever the signal, a revoked token ends the stream first (one atomic load while the list
+                    // is empty).
+                    Ok(()) => match (Self::signal(&mut self.signals), self.revoked()) {
+                        (_, Some(entry)) => Step::Revoked(entry),
+                        (signal, None) => match signal {
+                        StreamSignal::Revocations => Step::Again,
                         StreamSignal::Tick(_) => {
                             if self.expiry.is_none() {
                                 self.expiry = expiry_timer(self.expires_at, self.slot.state().config.heartbeat);
@@ -425,6 +439,7 @@ impl<S: Source> Body<S> {
                         }
                         StreamSignal::Drain(share) if share >= self.drain_at => Step::Drain,
                         StreamSignal::Drain(_) => Step::Again,
+                        },
                     },
                     // The signal task ended: the drain window is over, or the server is gone.
                     Err(_) => Step::Drain,
@@ -448,9 +463,25 @@ impl<S: Source> Body<S> {
                     self.preface.push_back(encode_token_expired(self.expires_at));
                     self.closing = true;
                 }
+                Step::Revoked(entry) => {
+                    self.open.reason = meters::CloseReason::TokenRevoked;
+                    self.preface.push_back(encode_token_revoked_by(entry));
+                    self.closing = true;
+                }
                 Step::Again => {}
             }
         }
+    }
+}
+
+impl<S: Source> Body<S> {
+    fn signal(signals: &mut watch::Receiver<StreamSignal>) -> StreamSignal {
+        *signals.borrow_and_update()
+    }
+
+    /// What revoked this stream's token, if it is revoked now.
+    fn revoked(&self) -> Option<RevokedBy> {
+        self.slot.state().revocations.holds(self.holder.as_deref()?).map(|entry| RevokedBy::of(&entry))
     }
 }
 
@@ -476,6 +507,44 @@ pub(crate) fn encode_token_expired(expires_at: u64) -> Bytes {
     // One integer field: serializing it cannot fail.
     let data = serde_json::to_string(&TokenExpiredData { expired_at: expires_at }).unwrap_or_default();
     Bytes::from(format!("event: {TOKEN_EXPIRED_EVENT}\ndata: {data}\n\n"))
+}
+
+// What `encode_token_revoked` serializes, and the schema the OpenAPI and AsyncAPI documents publish for it.
+/// Data of the `token-revoked` event, the last frame of a stream whose token was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRevokedData {
+    /// What the revocation named: `jti` (this token alone: a new token may work) or `sub` (every token of its
+    /// subject, until the revocation expires).
+    pub revoked: RevokedBy,
+}
+
+/// What a revocation named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokedBy {
+    Jti,
+    Sub,
+}
+
+impl RevokedBy {
+    fn of(entry: &Revocation) -> Self {
+        match entry.target {
+            RevocationTarget::Jti(_) => Self::Jti,
+            RevocationTarget::Sub(_) => Self::Sub,
+        }
+    }
+}
+
+/// The last frame of a stream whose token was revoked. The token is refused from now on: the client does not
+/// reconnect with it.
+pub(crate) fn encode_token_revoked(entry: &Revocation) -> Bytes {
+    encode_token_revoked_by(RevokedBy::of(entry))
+}
+
+fn encode_token_revoked_by(revoked: RevokedBy) -> Bytes {
+    // One enum field: serializing it cannot fail.
+    let data = serde_json::to_string(&TokenRevokedData { revoked }).unwrap_or_default();
+    Bytes::from(format!("event: {TOKEN_REVOKED_EVENT}\ndata: {data}\n\n"))
 }
 
 /// What one step of a story's phase produced.
@@ -549,8 +618,9 @@ mod tests {
         // body became generic over its source of frames (one story, or several merged by `routes::streams`), so that
         // both streams share heartbeats, drain, expiry and slow-consumer handling: the pending step now holds the
         // source's `next` future around the story's step (its borrows and result), 40 bytes: 888 (760 KB at 19,000
-        // streams).
-        const BUDGET_BYTES: usize = 888;
+        // streams). Per-token revocation (issue 16) needs each stream to know its token's `sub` and `jti`: one pointer
+        // to them (8 bytes, 16 with the pending step's copy and padding): 904 (300 KB more at 19,000 streams).
+        const BUDGET_BYTES: usize = 904;
         let body = std::mem::size_of::<Body<Single>>();
         let subscription = std::mem::size_of::<Subscription>();
         let boxed = boxed_stream_size(Body::<Single>::step);

@@ -108,3 +108,70 @@ async fn a_key_rotated_in_at_the_jwks_url_is_picked_up_and_a_failing_url_keeps_t
     assert_eq!(status(old).await, 201, "rsa-1 still verifies after a failed refresh");
     assert_eq!(status(new).await, 201, "rsa-2 still verifies after a failed refresh");
 }
+
+/// The identity provider serves its JWKS over HTTPS with a certificate from a private CA, trusted through the
+/// JWKS CA file. It rotates: adds a key (a token signed with it verifies once the set is re-fetched), then
+/// removes the old one (a token signed with that is refused from the next refresh on).
+#[tokio::test]
+async fn a_jwks_url_over_https_is_trusted_through_its_ca_file_and_follows_a_key_rotation() {
+    let idp = JwksServer::start_https(&jwks_of(&["rsa-1"])).await;
+    assert!(idp.url().starts_with("https://127.0.0.1:"), "{}", idp.url());
+    let source = JwksSource {
+        min_refetch: Duration::ZERO,
+        refresh: Duration::from_millis(200),
+        ca_file: Some(fixture("tls-ca.pem")),
+        ..JwksSource::new(None, Some(idp.url()))
+    };
+    let app = spawn_with(
+        Kind::Memory,
+        storyline_core::Retention::default(),
+        ServerConfig { jwks: Some(source), ..test_config() },
+    )
+    .await;
+    let old = sign_with_fixture("rsa-1", Algorithm::RS256, Some("rsa-1"), claims());
+    let new = sign_with_fixture("rsa-2", Algorithm::RS256, Some("rsa-2"), claims());
+    let status = |token: String| {
+        let request = app.post_as("s", &token, EVENT);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    poll_until("the first fetch over HTTPS brings rsa-1", DEFAULT_DEADLINE, || async {
+        (status(old.clone()).await == 201).then_some(())
+    })
+    .await;
+    assert_eq!(status(new.clone()).await, 401, "rsa-2 is not published yet");
+
+    idp.serve(200, &jwks_of(&["rsa-1", "rsa-2"]).to_string());
+    poll_until("rsa-2 verifies once the set is re-fetched", DEFAULT_DEADLINE, || async {
+        (status(new.clone()).await == 201).then_some(())
+    })
+    .await;
+    assert_eq!(status(old.clone()).await, 201, "both keys verify during the rotation");
+
+    idp.serve(200, &jwks_of(&["rsa-2"]).to_string());
+    poll_until("rsa-1 is refused once the provider removed it", DEFAULT_DEADLINE, || async {
+        (status(old.clone()).await == 401).then_some(())
+    })
+    .await;
+    assert_eq!(status(new).await, 201, "the new key still verifies");
+}
+
+/// Without the CA file the private CA is not trusted: every fetch fails (counted) and no key comes in.
+#[tokio::test]
+async fn a_jwks_url_over_https_with_an_untrusted_certificate_brings_no_keys() {
+    let idp = JwksServer::start_https(&jwks_of(&["rsa-1"])).await;
+    let source = JwksSource { min_refetch: Duration::ZERO, ..JwksSource::new(None, Some(idp.url())) };
+    let app = spawn_with(
+        Kind::Memory,
+        storyline_core::Retention::default(),
+        ServerConfig { jwks: Some(source), ..test_config() },
+    )
+    .await;
+    let token = sign_with_fixture("rsa-1", Algorithm::RS256, Some("rsa-1"), claims());
+    let failures = || app.metric("storyline_jwks_refresh_failures_total");
+    let before = failures().await;
+    poll_until("a fetch against the untrusted certificate fails", DEFAULT_DEADLINE, || async {
+        assert_eq!(app.post_as("s", &token, EVENT).send().await.unwrap().status(), 401, "no key was taken");
+        (failures().await > before).then_some(())
+    })
+    .await;
+}

@@ -240,6 +240,31 @@ async fn when_redis_is_unreachable_posts_and_readyz_answer_503_with_retry_after(
     }
 }
 
+/// Redis only: during an outage each 503 carries its own Retry-After, drawn from [base, 2 x base] seconds (the
+/// `broker_retry_after_secs` setting is the base), so the clients turned away do not all come back in one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_broker_outage_retry_after_is_jittered_between_the_base_and_twice_it() {
+    const BASE: u64 = 3;
+    let config = storyline_server::ServerConfig { retry_after_secs: 3, ..test_config() };
+    let mut env = spawn_with(Kind::Redis, storyline_core::Retention::default(), config).await;
+    env.publish("s", "chapter", json!(1)).await;
+    env.redis.as_mut().unwrap().kill();
+
+    let mut seen = Vec::new();
+    for n in 0..40 {
+        let response = env.post_event("s", "chapter", json!(n)).await;
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_problem(response, 503, &format!("POST {n} during the outage")).await;
+        seen.push(retry_after.and_then(|v| v.parse::<u64>().ok()).expect("Retry-After in whole seconds"));
+    }
+    let readyz = env.client.get(env.url("/readyz")).send().await.unwrap();
+    seen.extend(readyz.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()));
+
+    assert!(seen.iter().all(|s| (BASE..=2 * BASE).contains(s)), "every Retry-After within [3, 6]: {seen:?}");
+    assert!(seen.iter().any(|s| *s != seen[0]), "not all equal (clients would return in lockstep): {seen:?}");
+    assert_eq!(seen.len(), 41, "readyz's 503 carries one too");
+}
+
 /// Redis only: an outage neither ends open streams nor turns away new ones, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_restarts_streams_stay_open_and_every_acknowledged_event_arrives() {

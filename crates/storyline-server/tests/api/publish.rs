@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use storyline_core::EventId;
 
-use crate::helpers::{Kind, assert_problem, both_brokers, spawn, spawn_with};
+use crate::helpers::{Kind, assert_problem, both_brokers, redis_broker, spawn, spawn_with};
 
 both_brokers!(
     publish_answers_201_with_the_receipt,
@@ -17,6 +17,7 @@ both_brokers!(
     an_idempotency_key_replays_the_same_id_and_appends_nothing,
     an_idempotency_key_is_scoped_to_its_story,
     concurrent_posts_with_one_idempotency_key_append_once,
+    an_idempotency_key_reused_for_a_different_event_is_422_and_appends_nothing,
     an_invalid_idempotency_key_is_400,
     the_event_data_is_stored_verbatim,
 );
@@ -188,6 +189,77 @@ async fn concurrent_posts_with_one_idempotency_key_append_once(kind: Kind) {
     assert_eq!(created, 1, "exactly one POST created the event");
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "every answer names the same id: {ids:?}");
     assert_eq!(app.all_ids("s").await.len(), 1);
+}
+
+/// IETF httpapi Idempotency-Key draft: the key reused with a different request (another event type or data) is
+/// refused with 422 `idempotency-key-mismatch`, appends nothing, and leaves the first receipt for real retries.
+async fn an_idempotency_key_reused_for_a_different_event_is_422_and_appends_nothing(kind: Kind) {
+    let app = spawn(kind).await;
+    let post =
+        |body: &'static str| app.post_as("s", &app.admin_token(), body).header("idempotency-key", "reused").send();
+    let first = post(r#"{"type":"chapter","data":{"n":1}}"#).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+
+    for (case, body) in [
+        ("other data", r#"{"type":"chapter","data":{"n":2}}"#),
+        ("other type", r#"{"type":"retitled","data":{"n":1}}"#),
+    ] {
+        let problem = assert_problem(post(body).await.unwrap(), 422, case).await;
+        assert_eq!(problem["type"], "urn:storyline:problem:idempotency-key-mismatch", "case {case}");
+    }
+    // The same request, laid out differently outside the data (the data is stored as sent), is a retry.
+    let retry = post("{ \"data\": {\"n\":1},\n  \"type\": \"chapter\" }").await.unwrap();
+
+    assert_eq!(retry.status(), 200, "a real retry after the refusals");
+    assert_eq!(retry.json::<Value>().await.unwrap(), first, "... carries the first receipt");
+    assert_eq!(app.all_ids("s").await, vec![first["id"].as_str().unwrap().to_owned()], "nothing else appended");
+}
+
+/// Redis only: two instances share the idempotency records. Concurrent POSTs with one key, spread over both, some
+/// with one event and some with another, store exactly one event; each other POST waits for it and is answered
+/// 200 with its receipt (the same event) or 422 (another): never 409, never a second event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_checked_across_instances_sharing_redis() {
+    let server = storyline_testkit::RedisServer::start();
+    let retention = storyline_core::Retention::default();
+    let apps = [
+        storyline_testkit::spawn_app(redis_broker(&server, retention.clone()).await).await,
+        storyline_testkit::spawn_app(redis_broker(&server, retention).await).await,
+    ];
+    let bodies = [r#"{"type":"chapter","data":"a"}"#, r#"{"type":"chapter","data":"b"}"#];
+    let posts = (0..20).map(|i| {
+        let (app, body) = (&apps[i % 2], bodies[(i / 2) % 2]);
+        let request = app.post_as("shared", &app.admin_token(), body).header("idempotency-key", "across");
+        async move { (body, request.send().await.unwrap()) }
+    });
+    let mut answers = Vec::new();
+    for (body, response) in futures::future::join_all(posts).await {
+        let status = response.status().as_u16();
+        answers.push((body, status, response.text().await.unwrap()));
+    }
+
+    let created: Vec<_> = answers.iter().filter(|(_, status, _)| *status == 201).collect();
+    assert_eq!(created.len(), 1, "exactly one POST created the event: {answers:?}");
+    let (winner, _, receipt) = created[0];
+    for (body, status, answer) in &answers {
+        match status {
+            201 => {}
+            200 => {
+                assert_eq!(body, winner, "only the stored event's copies are answered 200");
+                assert_eq!(answer, receipt, "... with its receipt");
+            }
+            422 => {
+                assert_ne!(body, winner, "a copy of the stored event was refused");
+                assert!(answer.contains("urn:storyline:problem:idempotency-key-mismatch"), "{answer}");
+            }
+            other => panic!("status {other}: {answer}"),
+        }
+    }
+    assert!(answers.iter().any(|(_, status, _)| *status == 422), "the other event was refused: {answers:?}");
+    for app in &apps {
+        assert_eq!(app.all_ids("shared").await.len(), 1, "one event, seen from both instances");
+    }
 }
 
 async fn an_invalid_idempotency_key_is_400(kind: Kind) {

@@ -27,6 +27,7 @@ both_brokers!(
     a_reader_that_stops_reading_while_retention_trims_gets_a_gap_frame_never_a_silent_hole,
     an_empty_resume_id_means_no_resume_id,
     a_resume_id_newer_than_the_story_gets_a_gap_and_the_retained_history,
+    a_reader_resuming_a_story_that_expired_gets_a_gap_frame_never_a_silent_hole,
     a_reader_whose_socket_stops_draining_is_disconnected_and_loses_nothing_on_resume,
     a_stream_ends_with_a_token_expired_frame_when_its_token_expires_and_a_new_token_resumes_it,
     past_the_instance_stream_limit_a_new_stream_gets_503_and_a_freed_place_is_reusable,
@@ -515,4 +516,33 @@ async fn assert_counted_close(app: &storyline_testkit::TestApp, reason: &str) {
         (app.metric(&series).await >= 1.0).then_some(())
     })
     .await;
+}
+
+/// With a story TTL, a story left alone expires; a reader resuming from one of its ids gets a `gap` frame first,
+/// whether the story is still empty (the id is newer than anything in it) or has started afresh, and then the new
+/// story's events. A live-only reader of the new story gets no gap.
+async fn a_reader_resuming_a_story_that_expired_gets_a_gap_frame_never_a_silent_hole(kind: Kind) {
+    let ttl = storyline_core::Retention { story_ttl: Some(Duration::from_millis(300)), ..retention(10_000) };
+    let app = spawn_with(kind, ttl, test_config()).await;
+    let first = app.publish("fading", "chapter", json!(1)).await["id"].as_str().unwrap().to_owned();
+    let last = app.publish("fading", "chapter", json!(2)).await["id"].as_str().unwrap().to_owned();
+    storyline_testkit::poll_until("the story to expire", FRAME, || async {
+        app.all_ids("fading").await.is_empty().then_some(())
+    })
+    .await;
+
+    let mut while_empty = app.open_stream("fading", Some(&last)).await;
+    let gap = while_empty.next_event(FRAME).await;
+    assert_eq!(gap.event.as_deref(), Some("gap"), "resumed while the story is empty: {gap:?}");
+    let mut live_only = app.open_stream("fading", None).await;
+    let new = app.publish("fading", "chapter", json!(3)).await["id"].as_str().unwrap().to_owned();
+    let mut after_restart = app.open_stream("fading", Some(&first)).await;
+
+    assert_eq!(while_empty.next_event(FRAME).await.id.as_deref(), Some(new.as_str()), "then the new event");
+    let gap = after_restart.next_event(FRAME).await;
+    assert_eq!(gap.event.as_deref(), Some("gap"), "resumed after the story started afresh: {gap:?}");
+    assert_eq!(gap.json()["requested"], json!(first), "the gap starts at the resume id");
+    assert_eq!(after_restart.next_event(FRAME).await.id.as_deref(), Some(new.as_str()), "then the new event");
+    let frame = live_only.next_event(FRAME).await;
+    assert_eq!(frame.id.as_deref(), Some(new.as_str()), "a live-only reader gets the new event, no gap: {frame:?}");
 }
