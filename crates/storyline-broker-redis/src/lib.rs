@@ -14,13 +14,20 @@
 //! - **Failure**: every command has a timeout (`command_timeout`), so a request fails with
 //!   [`BrokerError::Unavailable`] instead of hanging while Redis is away; the client reconnects with backoff and
 //!   open tails continue from where they were once it is back.
+//! - **Scripts**: loaded into Redis at connect and again after every reconnect ([`scripts`]), so no request
+//!   waits on (or fails for) a `NOSCRIPT` after a restart.
+//! - **Rate limits**: a [`RateLimitStore`](storyline_core::RateLimitStore) shared by every instance on this Redis,
+//!   one GCRA script call per limit ([`limits`]).
 //!
 //! Keys are laid out in [`keys`]; the stored form of an event in [`codec`]. Redis 6.2 or newer is required (checked at connect).
 
 mod codec;
 mod keys;
+mod limits;
 mod revocations;
+mod scripts;
 mod tailer;
+mod unreachable;
 
 use std::{sync::Arc, time::Duration};
 
@@ -88,6 +95,8 @@ struct Inner {
     bounds: Script,
     read: Script,
     tailer: tailer::Tailer,
+    /// Servers the pool lost and has not got back (named when nothing is connected).
+    unreachable: unreachable::Unreachable,
 }
 
 /// Redis replies that mean "not now" rather than "never".
@@ -175,8 +184,27 @@ impl RedisBroker {
         // The tailer's connection blocks in XREAD (on a cluster: carries its polls, one connection per primary); it
         // must never carry other traffic.
         let reader = builder.build().map_err(unavailable)?;
-        for client in pool.clients() {
+        let mode = if reader.is_clustered() {
+            tailer::ReadMode::PollBySlot(config.cluster_poll_interval)
+        } else {
+            tailer::ReadMode::Block(config.block)
+        };
+        let tailer = tailer::Tailer::start(reader.clone(), mode);
+        let inner = Arc::new(Inner {
+            pool,
+            retention: config.retention,
+            append: Script::from_lua(APPEND_LUA),
+            bounds: Script::from_lua(BOUNDS_LUA),
+            read: Script::from_lua(READ_LUA),
+            tailer,
+            unreachable: unreachable::Unreachable::default(),
+        });
+        let pool = &inner.pool;
+        for (index, client) in pool.clients().iter().enumerate() {
             log_connection_events(client, "pool");
+            inner.unreachable.watch(client, index);
+            // Registered before connecting: the first connection is announced too, and every later one.
+            scripts::reload_on_reconnect(client, index, Arc::downgrade(&inner));
         }
         log_connection_events(&reader, "tailer");
         let _pool_task = pool.connect();
@@ -186,29 +214,23 @@ impl RedisBroker {
             reader.wait_for_connect().await
         };
         match tokio::time::timeout(config.command_timeout, connected).await {
-            Ok(Ok(())) => check_version(&pool).await?,
+            Ok(Ok(())) => {
+                check_version(pool).await?;
+                // The reconnect listeners load them too, but in the background: the broker is handed out only
+                // once every connection's server has them.
+                for client in pool.clients() {
+                    if let Err(e) = scripts::load_all(client).await {
+                        tracing::warn!(error = %e, "loading the Lua scripts failed; they load on first use instead");
+                    }
+                }
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "Redis connection failed; retrying in the background"),
             Err(_) => tracing::warn!(
                 timeout = ?config.command_timeout,
                 "Redis is not reachable yet; starting not-ready and retrying in the background"
             ),
         }
-        let mode = if reader.is_clustered() {
-            tailer::ReadMode::PollBySlot(config.cluster_poll_interval)
-        } else {
-            tailer::ReadMode::Block(config.block)
-        };
-        let tailer = tailer::Tailer::start(reader, mode);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool,
-                retention: config.retention,
-                append: Script::from_lua(APPEND_LUA),
-                bounds: Script::from_lua(BOUNDS_LUA),
-                read: Script::from_lua(READ_LUA),
-                tailer,
-            }),
-        })
+        Ok(Self { inner })
     }
 
     /// A pooled connection for a request, or `Unavailable` at once if it is known to be down: a client waiting on
@@ -220,12 +242,12 @@ impl RedisBroker {
         if next.is_connected() {
             return Ok(next);
         }
-        self.inner
-            .pool
-            .clients()
-            .iter()
-            .find(|c| c.is_connected())
-            .ok_or_else(|| BrokerError::Unavailable("not connected to Redis (reconnecting)".into()))
+        self.inner.pool.clients().iter().find(|c| c.is_connected()).ok_or_else(|| {
+            BrokerError::Unavailable(format!(
+                "not connected to Redis (reconnecting){}",
+                self.inner.unreachable.describe()
+            ))
+        })
     }
 }
 
@@ -314,12 +336,44 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.request_client()?.ping::<()>(None).await.map_err(unavailable)
+        let client = self.request_client()?;
+        if client.is_clustered() {
+            ping_every_primary(client, &self.inner.unreachable).await
+        } else {
+            client.ping::<()>(None).await.map_err(unavailable)
+        }
+    }
+
+    fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
+        Some(Arc::new(limits::RedisRateLimits::new(self.clone())))
     }
 
     /// The revocation list in this Redis, shared by every instance on it (see [`revocations`]).
     fn revocations(&self) -> Option<Arc<dyn storyline_core::Revocations>> {
         Some(Arc::new(revocations::RedisRevocations::new(self.clone())))
+    }
+}
+
+/// Readiness on a cluster: every primary answers a `PING` over its own connection, concurrently. Any story may
+/// live on any primary, so one primary down is not ready; the error names each primary that failed (and the
+/// servers the pool has lost: while fred reconnects a cluster client, every node times out).
+async fn ping_every_primary(client: &Client, unreachable: &unreachable::Unreachable) -> Result<(), BrokerError> {
+    let primaries = client.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
+    if primaries.is_empty() {
+        return Err(BrokerError::Unavailable("Redis Cluster topology not known yet (connecting)".into()));
+    }
+    let pings = primaries.iter().map(|server| async move {
+        client.with_cluster_node(server).ping::<()>(None).await.map_err(|e| format!("primary {server}: {e}"))
+    });
+    let failed: Vec<String> = futures::future::join_all(pings).await.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(BrokerError::Unavailable(format!(
+            "Redis Cluster not ready: {}{}",
+            failed.join("; "),
+            unreachable.describe()
+        )))
     }
 }
 

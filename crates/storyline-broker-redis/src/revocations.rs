@@ -14,8 +14,8 @@ use storyline_core::{BrokerError, Revocation, RevocationList, RevocationTarget, 
 
 use crate::{RedisBroker, unavailable, unconfirmed};
 
-const REVOKE_LUA: &str = include_str!("../scripts/revoke.lua");
-const SNAPSHOT_LUA: &str = include_str!("../scripts/revocations.lua");
+pub(crate) const REVOKE_LUA: &str = include_str!("../scripts/revoke.lua");
+pub(crate) const SNAPSHOT_LUA: &str = include_str!("../scripts/revocations.lua");
 
 pub(crate) const LIST_KEY: &str = "storyline:{~revocations}:list";
 pub(crate) const VERSION_KEY: &str = "storyline:{~revocations}:version";

@@ -8,9 +8,11 @@
 //! - **Redis Cluster**: a multi-key command must keep all its keys in one hash slot (else `CROSSSLOT`), and a
 //!   blocking read holds its connection, so one blocking read per slot would need a connection per watched slot.
 //!   Instead the read set is grouped by hash slot (a story's keys all hash by the story id, see [`keys`]) and
-//!   each group gets one *non-blocking* `XREAD`, all issued concurrently on the reader (one connection per
-//!   primary, which pipelines them: one round trip per node). When no group filled a page, the loop waits
-//!   [`RedisConfig::cluster_poll_interval`](crate::RedisConfig) or until a story joins, then polls again.
+//!   each group gets one *non-blocking* `XREAD`, issued concurrently on the reader (one connection per primary,
+//!   which pipelines them: one round trip per node). Each group is polled on its own schedule: again at once
+//!   when its page came back full, else after [`RedisConfig::cluster_poll_interval`](crate::RedisConfig) or when
+//!   a story joins. A group whose read fails backs off alone, so a primary that is down or hangs delays only the
+//!   stories in its own slots, never those on the other primaries.
 //!
 //!   The trade-off: delivery latency gains up to one poll interval (half on average) over the blocking read, and
 //!   an idle instance costs one cheap `XREAD` per watched slot per interval (about 20 per second per watched
@@ -63,8 +65,8 @@ const CHANNEL_CAPACITY: usize = 256;
 const READ_COUNT: u64 = 512;
 /// Entries read per XRANGE page while a tail catches up.
 const CATCH_UP_PAGE: usize = 512;
-/// Groups read concurrently in one round (on a cluster: slot groups; fred pipelines them per node, so this bounds
-/// the commands in flight and the replies buffered at once, not round trips).
+/// Group reads in flight at once (on a cluster: slot groups; fred pipelines them per node, so this bounds the
+/// commands in flight and the replies buffered at once, not round trips).
 const CONCURRENT_SLOT_READS: usize = 64;
 
 /// How the read loop waits for new entries.
@@ -297,12 +299,13 @@ async fn interrupt_until_seen(shared: Arc<Shared>, generation: u64) {
     }
 }
 
-/// The read loop. Each round reads the read set, one `XREAD` per group ([`read_groups`]: all stories in one group
-/// when blocking, one group per hash slot when polling a cluster), issued together, and publishes what came
-/// back. Polling, it then pauses `interval` unless a page came back full (more is waiting) or a story joins.
-/// A group that failed keeps its cursors, so the next round reads the same entries; the loop backs off first.
+/// The read loop. On a single server each round is one blocking `XREAD` over the whole read set; on a cluster
+/// the slot groups are polled independently ([`poll_loop`]).
+/// A read that failed keeps its cursors, so the next round reads the same entries; the loop backs off first.
 async fn read_loop(shared: std::sync::Weak<Shared>, mode: ReadMode) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+    if let ReadMode::PollBySlot(interval) = mode {
+        return poll_loop(shared, interval).await;
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
         let Some(shared) = shared.upgrade() else { return };
@@ -319,7 +322,7 @@ async fn read_loop(shared: std::sync::Weak<Shared>, mode: ReadMode) {
             continue;
         }
         let reads: Vec<_> = futures::stream::iter(groups)
-            .map(|(keys, ids)| read_group(&shared.reader, keys, ids, mode))
+            .map(|(_, keys, ids)| read_group(&shared.reader, keys, ids, mode))
             .buffer_unordered(CONCURRENT_SLOT_READS)
             .collect()
             .await;
@@ -333,31 +336,128 @@ async fn read_loop(shared: std::sync::Weak<Shared>, mode: ReadMode) {
                 Err(e) => failure = Some(e),
             }
         }
-        let more_waiting =
-            batches.iter().any(|(_, events)| u64::try_from(events.len()).unwrap_or(u64::MAX) >= READ_COUNT);
         publish(&shared, batches, &trimmed);
         drop(shared);
         if let Some(e) = failure {
             tracing::warn!(error = %e, "redis tail read failed; retrying");
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = next_backoff(backoff);
             continue;
         }
         backoff = FIRST_BACKOFF;
-        if let ReadMode::PollBySlot(interval) = mode
-            && !more_waiting
-        {
-            tokio::select! {
-                () = &mut joined => {}
-                () = tokio::time::sleep(interval) => {}
+    }
+}
+
+/// The first pause after a failed read; it doubles per failure in a row, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(MAX_BACKOFF)
+}
+
+/// When a cluster slot group is read next, and how long it waits after its next failure.
+#[derive(Debug, Clone, Copy)]
+struct SlotSchedule {
+    due: tokio::time::Instant,
+    backoff: Duration,
+}
+
+impl SlotSchedule {
+    fn failing(&self) -> bool {
+        self.backoff > FIRST_BACKOFF
+    }
+}
+
+/// The cluster read loop. Every slot group has its own schedule: it is read (one non-blocking `XREAD`) when it
+/// is due, again at once if its page came back full, else after `interval`; after a failure it alone backs off.
+/// Reads run concurrently and are handled as each completes, so a primary that is down or hangs (every read of
+/// its slots waits out the command timeout) delays and backs off only its own slot groups: stories on the other
+/// primaries keep their poll interval. A story joining the read set makes every healthy group due at once (as a
+/// round did before), so it is read without waiting out the interval.
+async fn poll_loop(shared: std::sync::Weak<Shared>, interval: Duration) {
+    let mode = ReadMode::PollBySlot(interval);
+    let mut schedules: HashMap<u16, SlotSchedule> = HashMap::new();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    // Far enough to mean "nothing due"; a join, a completed read or the broker's drop wakes the loop earlier.
+    const IDLE: Duration = Duration::from_secs(3600);
+    loop {
+        let Some(strong) = shared.upgrade() else { return };
+        let wake = Arc::clone(&strong.joined);
+        let joined = wake.notified();
+        tokio::pin!(joined);
+        joined.as_mut().enable();
+        let generation = strong.wanted_generation.load(Ordering::SeqCst);
+        let groups = read_groups(&lock(&strong.stories), mode);
+        strong.reading_generation.store(generation, Ordering::SeqCst);
+        let now = tokio::time::Instant::now();
+        let watched: std::collections::HashSet<u16> = groups.iter().map(|(slot, _, _)| *slot).collect();
+        schedules.retain(|slot, _| watched.contains(slot));
+        for (slot, keys, ids) in groups {
+            let schedule = schedules.entry(slot).or_insert(SlotSchedule { due: now, backoff: FIRST_BACKOFF });
+            // A slot with a read in flight has `due` pushed out of reach until the read completes.
+            if schedule.due <= now && in_flight.len() < CONCURRENT_SLOT_READS {
+                schedule.due = now + IDLE;
+                let reader = strong.reader.clone();
+                in_flight.push(async move { (slot, read_group(&reader, keys, ids, mode).await) });
             }
+        }
+        drop(strong);
+        // With every read slot taken, a due group waits for a read to complete, not for a time (which has passed).
+        let next_due = if in_flight.len() < CONCURRENT_SLOT_READS {
+            schedules.values().map(|s| s.due).min().unwrap_or(now + IDLE)
+        } else {
+            now + IDLE
+        };
+        tokio::select! {
+            Some((slot, read)) = in_flight.next() => {
+                let now = tokio::time::Instant::now();
+                let result = match read {
+                    Ok((batches, trimmed)) => {
+                        let Some(strong) = shared.upgrade() else { return };
+                        let full = batches
+                            .iter()
+                            .any(|(_, events)| u64::try_from(events.len()).unwrap_or(u64::MAX) >= READ_COUNT);
+                        publish(&strong, batches, &trimmed);
+                        Ok(full)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Some(schedule) = schedules.get_mut(&slot) {
+                    match result {
+                        Ok(full) => {
+                            schedule.backoff = FIRST_BACKOFF;
+                            schedule.due = if full { now } else { now + interval };
+                        }
+                        Err(e) => {
+                            // Once per outage of the group, not once per retry.
+                            if schedule.failing() {
+                                tracing::debug!(error = %e, slot, "redis tail read failed again for one slot group");
+                            } else {
+                                tracing::warn!(error = %e, slot, "redis tail read failed for a slot group; retrying");
+                            }
+                            schedule.due = now + schedule.backoff;
+                            schedule.backoff = next_backoff(schedule.backoff);
+                        }
+                    }
+                }
+            }
+            () = &mut joined => {
+                let now = tokio::time::Instant::now();
+                for schedule in schedules.values_mut() {
+                    if !schedule.failing() && schedule.due <= now + interval {
+                        schedule.due = now;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(next_due) => {}
         }
     }
 }
 
-/// The read set as `(keys, cursors)` groups, one `XREAD` each: a single group when blocking on one server; on a
-/// cluster one per hash slot, as a multi-key command must stay in one slot.
-fn read_groups(stories: &HashMap<StoryId, StoryFeed>, mode: ReadMode) -> Vec<(Vec<String>, Vec<String>)> {
+/// The read set as `(slot, keys, cursors)` groups, one `XREAD` each: a single group when blocking on one server;
+/// on a cluster one per hash slot, as a multi-key command must stay in one slot.
+fn read_groups(stories: &HashMap<StoryId, StoryFeed>, mode: ReadMode) -> Vec<(u16, Vec<String>, Vec<String>)> {
     let mut groups: HashMap<u16, (Vec<String>, Vec<String>)> = HashMap::new();
     for (story, feed) in stories {
         let key = keys::log(story);
@@ -369,7 +469,7 @@ fn read_groups(stories: &HashMap<StoryId, StoryFeed>, mode: ReadMode) -> Vec<(Ve
         group.0.push(key);
         group.1.push(feed.cursor.to_string());
     }
-    groups.into_values().collect()
+    groups.into_iter().map(|(slot, (keys, ids))| (slot, keys, ids)).collect()
 }
 
 /// One group's new entries, with the trimming state read after them (same slot, same node): entries are published

@@ -348,3 +348,190 @@ async fn a_sentinel_url_is_accepted_and_one_without_a_service_name_is_not() {
         "a sentinel URL needs sentinelServiceName: {nameless:?}"
     );
 }
+
+/// Every script the adapter runs, by SHA-1.
+fn script_shas() -> Vec<String> {
+    [
+        include_str!("../scripts/append.lua"),
+        include_str!("../scripts/bounds.lua"),
+        include_str!("../scripts/read.lua"),
+        include_str!("../scripts/gcra.lua"),
+        include_str!("../scripts/revoke.lua"),
+        include_str!("../scripts/revocations.lua"),
+    ]
+    .map(fred::util::sha1_hash)
+    .to_vec()
+}
+
+/// Whether master `port` has every script.
+async fn has_every_script(port: u16) -> bool {
+    let node = node(port).await;
+    let loaded: Vec<bool> = node.script_exists(script_shas()).await.unwrap();
+    node.quit().await.unwrap();
+    loaded.iter().all(|l| *l)
+}
+
+/// The scripts are on every master as soon as the broker is connected, before anything ran; and when every
+/// master loses them and the broker's connections are cut (as a restart does), they are loaded on every master
+/// again as the connections come back, before any append is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scripts_are_loaded_on_every_master_at_connect_and_after_every_reconnect() {
+    // Arrange + Act
+    let cluster = RedisCluster::start();
+    let broker = connect(&cluster.url(), Retention::default()).await;
+
+    // Assert: at connect.
+    for port in cluster.ports() {
+        assert!(has_every_script(port).await, "every script loaded on 127.0.0.1:{port} at connect");
+    }
+
+    // One master at a time (each cut makes the broker reconnect; cutting the next one before that is done could
+    // cut connections fred has not yet noticed are new): the master forgets the scripts and drops every client
+    // connection but the one asking, as a restart does.
+    for port in cluster.ports() {
+        let node = node(port).await;
+        let _: () = node.script_flush(false).await.unwrap();
+        let _: Value =
+            node.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "normal", "SKIPME", "yes"]).await.unwrap();
+        node.quit().await.unwrap();
+        assert!(!has_every_script(port).await, "127.0.0.1:{port} lost the scripts");
+
+        // Act + Assert: nothing is sent through the broker; its reconnect listeners alone reload.
+        storyline_testkit::poll_until(&format!("scripts back on 127.0.0.1:{port}"), ITEM, || async move {
+            has_every_script(port).await.then_some(())
+        })
+        .await;
+    }
+    for s in &stories_across_the_cluster() {
+        append(&broker, s, 1).await;
+    }
+}
+
+/// How long a tail on a healthy master may take to see an event while another master hangs. The poll interval
+/// (50 ms) is the expected pace; the hung master costs the command timeout (4 s below) per read, so a tail held
+/// back by it would take that long.
+const LIVE: Duration = Duration::from_millis(1_500);
+
+/// The master that owns `story`'s slot, found by asking each one for the keys in it.
+async fn owner_of(cluster: &RedisCluster, story: &StoryId) -> u16 {
+    for port in cluster.ports() {
+        let node = node(port).await;
+        let keys: u64 = node.cluster_count_keys_in_slot(slot_of(story)).await.unwrap();
+        node.quit().await.unwrap();
+        if keys > 0 {
+            return port;
+        }
+    }
+    panic!("no master holds the keys of {story}");
+}
+
+/// A master whose process stops answering (frozen, as a long fork, swap or a silent partition does) makes
+/// readiness fail, naming that master only; tails on stories of the other masters keep receiving their events
+/// at their own pace, not at the frozen master's timeouts and backoff; and once it answers again, its stories'
+/// tails carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_master_fails_readiness_by_name_and_does_not_hold_back_tails_on_the_others() {
+    // Arrange: a node timeout longer than the test, so the other masters keep serving their slots.
+    let cluster = RedisCluster::start_with(&["--cluster-node-timeout", "120000"]);
+    let config = RedisConfig { command_timeout: Duration::from_secs(4), ..RedisConfig::new(cluster.url()) };
+    let broker = RedisBroker::connect(config).await.expect("connect to the test's cluster");
+    broker.ping().await.expect("ready while every master answers");
+    let stories = stories_across_the_cluster();
+    let mut tails: Vec<EventStream> = stories.iter().map(|s| broker.tail(s, EventId::ZERO)).collect();
+    let mut owners = Vec::new();
+    for (s, tail) in stories.iter().zip(&mut tails) {
+        let id = append(&broker, s, 0).await;
+        assert_eq!(next_event(tail, &format!("first event of {s}")).await.id, id);
+        owners.push(owner_of(&cluster, s).await);
+    }
+    let frozen = owners[0];
+    let (on_frozen, live): (Vec<_>, Vec<_>) =
+        stories.iter().zip(tails.iter_mut()).zip(&owners).partition(|(_, owner)| **owner == frozen);
+    assert!(!live.is_empty() && !on_frozen.is_empty(), "stories on the frozen master and on others");
+
+    // Act
+    cluster.node(frozen).pause();
+
+    // Assert: readiness names the frozen master, and only it.
+    match broker.ping().await {
+        Err(BrokerError::Unavailable(why)) => {
+            assert!(why.contains(&format!("127.0.0.1:{frozen}")), "the frozen master is named: {why}");
+            for port in cluster.ports().into_iter().filter(|p| *p != frozen) {
+                assert!(!why.contains(&format!("127.0.0.1:{port}")), "a healthy master is not named: {why}");
+            }
+        }
+        other => panic!("readiness fails while a master is frozen, got {other:?}"),
+    }
+    // Assert: tails on the other masters keep pace, round after round, while the frozen master's reads time out.
+    let mut live = live;
+    for round in 1..=6u64 {
+        for ((story, tail), _) in &mut live {
+            let id = append(&broker, story, round).await;
+            let arrived = tokio::time::timeout(LIVE, tail.next()).await;
+            match arrived {
+                Ok(Some(Ok(TailItem::Event(event)))) => assert_eq!(event.id, id, "round {round} on {story}"),
+                Ok(other) => panic!("round {round} on {story}: unexpected {other:?}"),
+                Err(_) => panic!("round {round} on {story}: held back more than {LIVE:?} by the frozen master"),
+            }
+        }
+    }
+
+    // Assert: once the master answers again, its stories' tails carry on.
+    cluster.node(frozen).resume();
+    for ((story, tail), _) in on_frozen {
+        let id = append(&broker, story, 100).await;
+        assert_eq!(next_event(tail, &format!("{story} after the master is back")).await.id, id);
+    }
+    broker.ping().await.expect("ready again");
+}
+
+/// A master whose process is killed refuses connections, and fred then reconnects the whole cluster client, so
+/// nothing answers: readiness still names the master that is gone. Once it is back (same port, same cluster
+/// identity, empty script cache), the broker is ready again and that master has every script before any append
+/// is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_readiness_by_name_and_once_back_has_every_script_before_any_append() {
+    // Arrange
+    let mut cluster = RedisCluster::start_with(&["--cluster-node-timeout", "120000"]);
+    let config = RedisConfig { command_timeout: Duration::from_secs(1), ..RedisConfig::new(cluster.url()) };
+    let broker = RedisBroker::connect(config).await.expect("connect to the test's cluster");
+    broker.ping().await.expect("ready while every master answers");
+    let killed = cluster.ports()[0];
+
+    // Act
+    cluster.kill_node(killed);
+
+    // Assert: once the client is reconnecting (nothing answers; before that the ping of each master fails on its
+    // own), readiness still says which master is gone.
+    let why = storyline_testkit::poll_until("readiness fails as not connected", ITEM, || {
+        let broker = &broker;
+        async move {
+            match broker.ping().await {
+                Err(BrokerError::Unavailable(why)) if why.starts_with("not connected") => Some(why),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(why.contains(&format!("127.0.0.1:{killed}")), "the killed master is named: {why}");
+    for port in cluster.ports().into_iter().filter(|p| *p != killed) {
+        assert!(!why.contains(&format!("lost: 127.0.0.1:{port}")), "a healthy master is not reported lost: {why}");
+    }
+
+    // Act: the master comes back.
+    cluster.restart_node(killed);
+
+    // Assert: ready again, the scripts are on it before anything is sent, and appends go through everywhere.
+    storyline_testkit::poll_until("ready again", Duration::from_secs(30), || {
+        let broker = &broker;
+        async move { broker.ping().await.ok() }
+    })
+    .await;
+    storyline_testkit::poll_until("the scripts on the restarted master", ITEM, || async move {
+        has_every_script(killed).await.then_some(())
+    })
+    .await;
+    for s in &stories_across_the_cluster() {
+        append(&broker, s, 1).await;
+    }
+}

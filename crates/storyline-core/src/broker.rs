@@ -258,6 +258,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Succeeds when the broker can serve requests now (readiness).
     async fn ping(&self) -> Result<(), BrokerError>;
 
+    /// A rate-limit store shared by every instance on this broker's store, if it has one (see
+    /// [`RateLimitStore`](crate::RateLimitStore)). `None` (the default): limits stay per instance.
+    fn rate_limits(&self) -> Option<Arc<dyn crate::RateLimitStore>> {
+        None
+    }
+
     /// An optional capability: the revocation list kept in this broker's store, shared by every instance that uses
     /// it (see [`Revocations`]). `None` (the default): the store keeps none, and each server keeps its own.
     fn revocations(&self) -> Option<Arc<dyn Revocations>> {

@@ -8,6 +8,7 @@
 //! - [`EventData`], [`NewEvent`], [`StoredEvent`], [`Envelope`]: what a writer sends, what a broker stores (the
 //!   envelope plus metadata readers never see), and what readers receive.
 //! - [`Broker`]: the port that the Redis and in-memory adapters implement; its docs are the contract.
+//! - [`RateLimitStore`]: the optional port for rate limits shared by every instance (offered by the Redis broker).
 //! - [`Revocations`]: the list of revoked tokens (by `jti` or `sub`, each until a time), shared by the instances
 //!   that use one broker; [`MemoryRevocations`] is the in-process one.
 
@@ -16,6 +17,7 @@ mod envelope;
 mod event_id;
 mod event_type;
 mod idempotency;
+mod rate_limit;
 mod revocation;
 mod story_id;
 
@@ -29,6 +31,7 @@ pub use event_type::{
     EventType, EventTypeError, GAP_EVENT, MAX_EVENT_TYPE_LEN, TOKEN_EXPIRED_EVENT, TOKEN_REVOKED_EVENT,
 };
 pub use idempotency::{Fingerprint, Idempotency, IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
+pub use rate_limit::{RateDecision, RateLimitStore, RateSubject};
 pub use revocation::{
     MAX_REVOCATION_ID_LEN, MemoryRevocations, Revocation, RevocationError, RevocationId, RevocationList,
     RevocationTarget, Revocations,

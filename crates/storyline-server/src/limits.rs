@@ -10,6 +10,14 @@
 //!
 //! Rates use governor's GCRA (keyed, lock-free), with a burst of one second's worth. Keyed state is pruned of idle
 //! keys every [`HOUSEKEEPING_PERIOD`], so memory follows the active keys, not every key ever seen.
+//!
+//! **Global and per-instance.** The publish limits (per sub, per story) hold across instances when the broker
+//! offers a shared [`RateLimitStore`] (the Redis broker does: one GCRA script call per limit, same semantics):
+//! its answer decides. The local limiter is still checked on every publish, so its state stays warm, and it
+//! decides whenever the store cannot answer within [`GLOBAL_CHECK_TIMEOUT`] (Redis down or slow): the limits fail
+//! open to the per-instance budget, never to no limit, and each fallback is counted in
+//! `storyline_rate_limit_fallback_total{limit}`. Stream opens per IP, admissions and concurrent streams stay per
+//! instance (they protect the instance itself).
 
 use std::{
     collections::HashMap,
@@ -26,7 +34,7 @@ use governor::{
     DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
-use storyline_core::StoryId;
+use storyline_core::{RateDecision, RateLimitStore, RateSubject, StoryId};
 
 use crate::{
     auth::{Principal, Tier},
@@ -35,6 +43,10 @@ use crate::{
 
 /// How often idle keys are dropped from the rate limiters.
 pub(crate) const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(60);
+
+/// The longest a publish waits for the shared rate-limit store before the local limiter decides instead. One
+/// Redis round trip takes well under a millisecond; a store this slow is treated as down.
+pub(crate) const GLOBAL_CHECK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Events per second, per tier; 0 means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +143,8 @@ pub(crate) struct Limits {
     admission: Option<Admission>,
     /// Streams open per principal; an entry exists only while its count is above zero.
     open_by_principal: Mutex<HashMap<Arc<str>, u32>>,
+    /// The store shared by every instance, when the broker offers one: it decides the publish limits.
+    global: Option<Arc<dyn RateLimitStore>>,
 }
 
 /// Rejected: which limit, and when to retry.
@@ -148,12 +162,19 @@ impl Limits {
             opens_per_ip: limiter(config.stream_opens_per_ip),
             admission: NonZeroU32::new(config.stream_admissions_per_sec).map(Admission::new),
             open_by_principal: Mutex::new(HashMap::new()),
+            global: None,
             config,
         }
     }
 
+    /// Lets `store` (shared by every instance) decide the publish limits; `None` keeps them per instance.
+    pub(crate) fn with_global(mut self, store: Option<Arc<dyn RateLimitStore>>) -> Self {
+        self.global = store;
+        self
+    }
+
     /// May `principal` publish to `story` now?
-    pub(crate) fn check_publish(&self, principal: &Principal, story: &StoryId) -> Result<(), ApiError> {
+    pub(crate) async fn check_publish(&self, principal: &Principal, story: &StoryId) -> Result<(), ApiError> {
         let tier = principal.tier;
         let index = match tier {
             Tier::Guest => 0,
@@ -162,18 +183,38 @@ impl Limits {
             Tier::Admin => 3,
         };
         if let Some(limiter) = &self.per_sub[index] {
-            limiter.check_key(&principal.sub).map_err(|not_until| {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                rejected(Limit::PublishPerSub, self.config.publish_per_sub.of(tier), wait)
-            })?;
+            let local = limiter.check_key(&principal.sub);
+            let subject = RateSubject::Publisher { class: tier.as_str(), sub: &principal.sub };
+            self.decide(Limit::PublishPerSub, self.config.publish_per_sub.of(tier), subject, local).await?;
         }
         if let Some(limiter) = &self.per_story {
-            limiter.check_key(story).map_err(|not_until| {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                rejected(Limit::PublishPerStory, self.config.publish_per_story, wait)
-            })?;
+            let local = limiter.check_key(story);
+            self.decide(Limit::PublishPerStory, self.config.publish_per_story, RateSubject::Story(story), local)
+                .await?;
         }
         Ok(())
+    }
+
+    /// The shared store's decision if it gives one in time, else the local limiter's (`local`, already taken).
+    async fn decide(
+        &self,
+        limit: Limit,
+        rate: u32,
+        subject: RateSubject<'_>,
+        local: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
+    ) -> Result<(), ApiError> {
+        if let (Some(store), Some(per_second)) = (&self.global, NonZeroU32::new(rate)) {
+            match tokio::time::timeout(GLOBAL_CHECK_TIMEOUT, store.check(subject, per_second)).await {
+                Ok(Ok(RateDecision::Allowed)) => return Ok(()),
+                Ok(Ok(RateDecision::Limited { retry_after })) => return Err(rejected(limit, rate, retry_after)),
+                Ok(Err(e)) => {
+                    tracing::debug!(limit = limit.as_str(), error = %e, "rate-limit store failed; local limit")
+                }
+                Err(_) => tracing::debug!(limit = limit.as_str(), "rate-limit store too slow; local limit"),
+            }
+            crate::meters::rate_limit_fallback(limit);
+        }
+        local.map_err(|not_until| rejected(limit, rate, not_until.wait_time_from(DefaultClock::default().now())))
     }
 
     /// May `ip` open a new stream now?
@@ -286,6 +327,8 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
+    use futures::executor::block_on;
+
     use super::*;
     use crate::auth::Scopes;
 
@@ -318,23 +361,23 @@ mod tests {
         let bob = principal("bob", Tier::Member);
         let bot = principal("bot", Tier::Agent);
         let s = story("s");
-        let anns: Vec<u16> = (0..3).map(|_| status(limits.check_publish(&ann, &s))).collect();
+        let anns: Vec<u16> = (0..3).map(|_| status(block_on(limits.check_publish(&ann, &s)))).collect();
         assert_eq!(anns, [200, 200, 429], "member: a burst of 2");
-        assert_eq!(status(limits.check_publish(&bob, &s)), 200, "another sub has its own budget");
-        let bots: Vec<u16> = (0..6).map(|_| status(limits.check_publish(&bot, &s))).collect();
+        assert_eq!(status(block_on(limits.check_publish(&bob, &s))), 200, "another sub has its own budget");
+        let bots: Vec<u16> = (0..6).map(|_| status(block_on(limits.check_publish(&bot, &s)))).collect();
         assert_eq!(bots, [200, 200, 200, 200, 200, 429], "agent: a burst of 5");
         let admin = principal("root", Tier::Admin);
-        assert!((0..100).all(|_| limits.check_publish(&admin, &s).is_ok()), "0 means unlimited");
+        assert!((0..100).all(|_| block_on(limits.check_publish(&admin, &s)).is_ok()), "0 means unlimited");
     }
 
     #[test]
     fn a_hot_story_is_limited_whoever_writes() {
         let limits = Limits::new(LimitsConfig { publish_per_story: 3, ..LimitsConfig::unlimited() });
         let results: Vec<u16> = (0..4)
-            .map(|i| status(limits.check_publish(&principal(&format!("w{i}"), Tier::Agent), &story("hot"))))
+            .map(|i| status(block_on(limits.check_publish(&principal(&format!("w{i}"), Tier::Agent), &story("hot")))))
             .collect();
         assert_eq!(results, [200, 200, 200, 429]);
-        assert_eq!(status(limits.check_publish(&principal("w9", Tier::Agent), &story("cold"))), 200);
+        assert_eq!(status(block_on(limits.check_publish(&principal("w9", Tier::Agent), &story("cold")))), 200);
     }
 
     #[test]
@@ -382,5 +425,39 @@ mod tests {
             limits.release_stream(key);
         }
         assert!(limits.acquire_stream(&ann, ip).is_ok(), "a released place is free again");
+    }
+
+    /// A shared store that answers from a script: `Some(decision)`, or `None` for "unreachable".
+    #[derive(Debug)]
+    struct FakeStore(Mutex<Vec<Option<RateDecision>>>);
+
+    #[async_trait::async_trait]
+    impl RateLimitStore for FakeStore {
+        async fn check(&self, _: RateSubject<'_>, _: NonZeroU32) -> Result<RateDecision, storyline_core::BrokerError> {
+            let next = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop().flatten();
+            next.ok_or_else(|| storyline_core::BrokerError::Unavailable("store down".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_decides_the_publish_limits_and_the_local_limiter_decides_when_it_cannot() {
+        let limited = RateDecision::Limited { retry_after: Duration::from_millis(300) };
+        // Answers are popped from the end: allowed, limited, then down for good.
+        let store = FakeStore(Mutex::new(vec![None, None, None, Some(limited), Some(RateDecision::Allowed)]));
+        let limits = Limits::new(LimitsConfig {
+            publish_per_sub: TierRates { guest: 1, member: 2, agent: 5, admin: 0 },
+            ..LimitsConfig::unlimited()
+        })
+        .with_global(Some(Arc::new(store)));
+        let ann = principal("ann", Tier::Member);
+        let s = story("s");
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(status(limits.check_publish(&ann, &s).await));
+        }
+        // 1: the store allows. 2: the store refuses (the local limiter would have allowed: its burst is 2).
+        // 3-5: the store is down; the local limiter, warm with the 2 publishes it saw, refuses: it fails open to
+        // the per-instance budget, not to no limit.
+        assert_eq!(got, [200, 429, 429, 429, 429], "the store decides while it answers, then the local limiter");
     }
 }

@@ -80,6 +80,10 @@ impl Broker for MeteredBroker {
         observe("ping", started, self.0.ping().await)
     }
 
+    fn rate_limits(&self) -> Option<Arc<dyn storyline_core::RateLimitStore>> {
+        self.0.rate_limits()
+    }
+
     fn revocations(&self) -> Option<Arc<dyn storyline_core::Revocations>> {
         self.0.revocations()
     }

@@ -34,6 +34,7 @@ pub(crate) const BUILD_INFO: &str = "storyline_build_info";
 pub(crate) const AUDIT_EVENTS: &str = "storyline_audit_events_total";
 pub(crate) const JWKS_REFRESH_FAILURES: &str = "storyline_jwks_refresh_failures_total";
 pub(crate) const RUNTIME_ALIVE_TASKS: &str = "storyline_runtime_alive_tasks";
+pub(crate) const RATE_LIMIT_FALLBACKS: &str = "storyline_rate_limit_fallback_total";
 
 /// How long streams stay open, seconds: from a reconnect loop (under a second) to a reader who stays all day.
 const CONNECTION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0];
@@ -200,6 +201,15 @@ fn describe() {
         ::metrics::counter!(RESUMES, "outcome" => outcome_label(outcome)).absolute(0);
     }
     ::metrics::counter!(REPLAYED_EVENTS).absolute(0);
+    describe_counter!(
+        RATE_LIMIT_FALLBACKS,
+        Unit::Count,
+        "Publish rate-limit checks decided by this instance's own limiter because the shared store (Redis) did not \
+         answer in time, by limit (publish_rate_per_sub, publish_rate_per_story)."
+    );
+    for limit in [crate::limits::Limit::PublishPerSub, crate::limits::Limit::PublishPerStory] {
+        ::metrics::counter!(RATE_LIMIT_FALLBACKS, "limit" => limit.as_str()).absolute(0);
+    }
     ::metrics::gauge!(SUBSCRIBER_LAG).set(0.0);
 }
 
@@ -291,6 +301,11 @@ pub(crate) fn publish_duration(seconds: f64) {
 pub(crate) fn active_stories(count: usize) {
     #[allow(clippy::cast_precision_loss)] // a count of stories, far below 2^52
     ::metrics::gauge!(ACTIVE_STORIES).set(count as f64);
+}
+
+/// A publish limit decided locally because the shared store did not answer.
+pub(crate) fn rate_limit_fallback(limit: crate::limits::Limit) {
+    ::metrics::counter!(RATE_LIMIT_FALLBACKS, "limit" => limit.as_str()).increment(1);
 }
 
 pub(crate) fn counter(name: &'static str) {

@@ -217,6 +217,8 @@ impl Application {
         let grace = config.shutdown_grace;
         let client_request_timeout = config.client_request_timeout;
         let tls = config.tls.clone();
+        // Before metering: the store's calls are rate-limit checks, not broker operations.
+        let limits = Limits::new(config.limits).with_global(broker.rate_limits());
         let broker: Arc<dyn Broker> = Arc::new(crate::metered::MeteredBroker::new(broker));
         let event_labels = Arc::new(meters::EventLabels {
             namespaces: meters::CappedLabel::new(config.metrics_max_namespaces),
@@ -235,7 +237,7 @@ impl Application {
             shutdown: shutdown.clone(),
             hub,
             signals,
-            limits: Limits::new(config.limits),
+            limits,
             revocations,
             event_labels,
             hub_meters,

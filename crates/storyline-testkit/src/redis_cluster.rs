@@ -29,6 +29,8 @@ const FORM_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Every node's `redis-server` options, for [`RedisCluster::restart_node`].
+    options: Vec<String>,
 }
 
 /// A cluster node's options: cluster mode, no persistence.
@@ -39,10 +41,16 @@ impl RedisCluster {
     /// Starts three masters on free ports and joins them into one cluster covering every slot; returns once every
     /// node reports `cluster_state:ok`.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisCluster::start`] with extra `redis-server` options for every node (e.g. `--cluster-node-timeout`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let options: Vec<&str> = NODE_OPTIONS.iter().chain(extra).copied().collect();
         let mut last_error = String::new();
         for _ in 0..3 {
-            let nodes = (0..MASTERS).map(|_| RedisServer::start_on(NODE_OPTIONS, free_port_with_bus)).collect();
-            let cluster = Self { nodes };
+            let nodes = (0..MASTERS).map(|_| RedisServer::start_on(&options, free_port_with_bus)).collect();
+            let cluster = Self { nodes, options: options.iter().map(|o| (*o).to_owned()).collect() };
             match cluster.form() {
                 Ok(()) => return cluster,
                 // Dropping the guard kills the nodes; the next attempt starts afresh on new ports.
@@ -57,6 +65,28 @@ impl RedisCluster {
         let (first, rest) = self.nodes.split_first().expect("a cluster has nodes");
         let others: Vec<String> = rest.iter().map(|n| format!("node=127.0.0.1:{}", n.port())).collect();
         format!("redis-cluster://127.0.0.1:{}?{}", first.port(), others.join("&"))
+    }
+
+    /// The master listening on `port` (one of [`RedisCluster::ports`]), e.g. to [`RedisServer::pause`] it.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes.iter().find(|n| n.port() == port).unwrap_or_else(|| panic!("no cluster node on port {port}"))
+    }
+
+    /// Kills the master on `port` (SIGKILL): it refuses connections until [`RedisCluster::restart_node`].
+    pub fn kill_node(&mut self, port: u16) {
+        self.node_mut(port).kill();
+    }
+
+    /// Starts the master on `port` again, on the same port and directory: it rejoins the cluster as the same node
+    /// (its `nodes.conf`), with its slots, and with an empty script cache (no persistence: no data either).
+    pub fn restart_node(&mut self, port: u16) {
+        let options: Vec<String> = self.options.clone();
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        self.node_mut(port).restart(&options);
+    }
+
+    fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes.iter_mut().find(|n| n.port() == port).unwrap_or_else(|| panic!("no cluster node on port {port}"))
     }
 
     /// The client ports of the masters.

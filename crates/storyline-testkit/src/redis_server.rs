@@ -69,6 +69,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its port and connections but answers nothing, like a node hung
+    /// by a long fork or a partition that drops packets. [`RedisServer::resume`] thaws it; dropping the guard
+    /// still kills it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`RedisServer::pause`]d process (SIGCONT): it answers what it was sent meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let Some(child) = self.child.as_ref() else { panic!("redis-server on port {} is not running", self.port) };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("could not run kill {signal}: {e}"));
+        assert!(status.success(), "kill {signal} redis-server on port {}: {status}", self.port);
+    }
+
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self, extra: &[&str]) {
         self.kill();

@@ -71,7 +71,7 @@ pub(crate) async fn publish(
     let arrived = std::time::Instant::now();
     let story = super::story_from_path(&path)?;
     principal.require_write(&story)?;
-    state.limits.check_publish(&principal, &story)?;
+    state.limits.check_publish(&principal, &story).await?;
     let idempotency_key = match req.headers().get("idempotency-key") {
         Some(v) => Some(IdempotencyKey::parse(v.to_str().unwrap_or("\u{0}"))?),
         None => None,

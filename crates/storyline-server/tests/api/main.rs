@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod garbage;
+mod global_limits;
 mod history;
 mod jwks;
 mod limits;
