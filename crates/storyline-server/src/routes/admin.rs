@@ -6,8 +6,7 @@
 //! within one heartbeat period: requests with the token get 401 `token-revoked`, and open streams end with an
 //! `event: token-revoked` frame (see `revocation`).
 
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, get, post, web};
-use futures::StreamExt;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::{Deserialize, Serialize};
 use storyline_core::{Revocation, RevocationTarget};
 
@@ -103,24 +102,11 @@ pub(crate) fn parse_request(body: &[u8], now: u64) -> Result<Revocation, ApiErro
     Ok(Revocation { target, until: request.until })
 }
 
-/// Reads a JSON body of at most [`MAX_BODY_BYTES`].
-async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
-    let is_json = matches!(
-        req.mime_type(),
-        Ok(Some(m)) if m.type_() == mime::APPLICATION && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
-    );
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::IncompleteBody(e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ApiError::BodyTooLarge { limit: MAX_BODY_BYTES });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`], with the publish route's checks (media type, declared and
+/// actual length).
+async fn read_json(req: &HttpRequest, payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    super::publish::require_json(req)?;
+    super::publish::read_limited(req, payload, MAX_BODY_BYTES).await
 }
 
 /// Revoke a token (by `jti`) or every token of a subject (by `sub`) until a time. Admin tier.

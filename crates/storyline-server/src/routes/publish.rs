@@ -103,7 +103,7 @@ pub(crate) async fn publish(
     }
 }
 
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     let is_json = matches!(
         req.mime_type(),
         Ok(Some(m)) if m.type_() == mime::APPLICATION && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
@@ -112,7 +112,11 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Reads the body, refusing (without reading further) anything over `limit` bytes.
-async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+pub(super) async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
