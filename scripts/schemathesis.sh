@@ -159,6 +159,15 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401",
 [[operations]]
 include-operation-id = "revoke"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429", "5xx"]
+
+# An Idempotency-Key reused on a story for a different event is 422 idempotency-key-mismatch (documented): a rule
+# about the request and the ones before it, which a JSON Schema cannot state. Schemathesis reuses generated keys
+# (the same key with another body on story "0"), so 422 counts as an accepted answer to positive data for this
+# operation; every answer is still checked against the document. That a schema-valid event is accepted (201/200)
+# is the HTTP contract suite's to check (crates/storyline-server/tests/api).
+[[operations]]
+include-operation-id = "publish"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF
 cat >"$WORK/seeded.toml" <<EOF
 [cache]
