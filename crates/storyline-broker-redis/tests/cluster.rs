@@ -3,6 +3,10 @@
 //! two storyline instances sharing the cluster through the real HTTP server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/scripts.rs"]
+mod support_scripts;
+use support_scripts::script_shas;
+
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -347,20 +351,6 @@ async fn a_sentinel_url_is_accepted_and_one_without_a_service_name_is_not() {
         matches!(&nameless, Err(BrokerError::Unavailable(e)) if e.starts_with("bad Redis URL")),
         "a sentinel URL needs sentinelServiceName: {nameless:?}"
     );
-}
-
-/// Every script the adapter runs, by SHA-1.
-fn script_shas() -> Vec<String> {
-    [
-        include_str!("../scripts/append.lua"),
-        include_str!("../scripts/bounds.lua"),
-        include_str!("../scripts/read.lua"),
-        include_str!("../scripts/gcra.lua"),
-        include_str!("../scripts/revoke.lua"),
-        include_str!("../scripts/revocations.lua"),
-    ]
-    .map(fred::util::sha1_hash)
-    .to_vec()
 }
 
 /// Whether master `port` has every script.

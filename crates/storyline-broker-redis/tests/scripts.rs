@@ -3,6 +3,10 @@
 //! `NOSCRIPT`. Each test on its own throwaway `redis-server`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/scripts.rs"]
+mod support_scripts;
+use support_scripts::script_shas;
+
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -10,16 +14,6 @@ use serde_json::json;
 use storyline_broker_redis::{RedisBroker, RedisConfig};
 use storyline_core::{Broker, EventData, EventType, Metadata, NewEvent, StoryId};
 use storyline_testkit::{RedisServer, poll_until};
-
-/// Every script the adapter runs.
-const SCRIPTS: [&str; 6] = [
-    include_str!("../scripts/append.lua"),
-    include_str!("../scripts/bounds.lua"),
-    include_str!("../scripts/read.lua"),
-    include_str!("../scripts/gcra.lua"),
-    include_str!("../scripts/revoke.lua"),
-    include_str!("../scripts/revocations.lua"),
-];
 
 /// How long a test waits for the broker to reconnect and reload.
 const RECONNECT: Duration = Duration::from_secs(15);
@@ -40,7 +34,7 @@ async fn plain(server: &RedisServer) -> Client {
 
 /// Which of the adapter's scripts the server has, by SHA-1 (`SCRIPT EXISTS`).
 async fn loaded(client: &Client) -> Vec<bool> {
-    client.script_exists(SCRIPTS.map(fred::util::sha1_hash).to_vec()).await.unwrap()
+    client.script_exists(script_shas()).await.unwrap()
 }
 
 /// `NOSCRIPT` errors the server has answered since it started (the errorstats section of `INFO all`).
