@@ -103,7 +103,10 @@ struct Inner {
 const TRANSIENT_REPLIES: &[&str] = &["LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
 /// fred's own errors (of kind `Unknown`) that mean the command found no connection, so it was never sent: seen as
 /// a 500 on the first append after Redis went away, when it is an outage like any other.
-const TRANSIENT_CLIENT_ERRORS: &[&str] = &["Failed to route command"];
+const TRANSIENT_CLIENT_ERRORS: &[&str] = &["Failed to route command", IN_FLIGHT_WRITE_FAILED];
+/// fred's error (kind `Unknown`) for a command whose write failed with no attempt left: its connection died while
+/// it was being written or answered (seen when Redis cut every client), so Redis may have run it.
+const IN_FLIGHT_WRITE_FAILED: &str = "Too many failed write attempts";
 
 /// Maps a fred error: connection trouble and transient server states are `Unavailable` (clients get 503 and
 /// retry); any other error reply is `Rejected` (500), because retrying a script error or a wrong-type key forever
@@ -127,7 +130,9 @@ pub(crate) fn unavailable(e: fred::error::Error) -> BrokerError {
 /// (`LOADING`, `BUSY`, `OOM`...) and failures before sending (backpressure, auth) still mean nothing was written.
 pub(crate) fn unconfirmed(e: fred::error::Error) -> BrokerError {
     use fred::error::ErrorKind as K;
-    if matches!(e.kind(), K::IO | K::Timeout | K::Canceled | K::Cluster | K::Routing) {
+    if matches!(e.kind(), K::IO | K::Timeout | K::Canceled | K::Cluster | K::Routing)
+        || e.details().starts_with(IN_FLIGHT_WRITE_FAILED)
+    {
         BrokerError::Unconfirmed(e.to_string())
     } else {
         unavailable(e)
@@ -466,6 +471,9 @@ mod tests {
         }
         let e = Error::new(ErrorKind::Unknown, "Failed to route command.");
         assert!(matches!(unconfirmed(e), BrokerError::Unavailable(_)), "no connection to send it on: not sent");
+        let e = Error::new(ErrorKind::Unknown, "Too many failed write attempts.");
+        assert!(matches!(unconfirmed(e.clone()), BrokerError::Unconfirmed(_)), "its connection died under it");
+        assert!(matches!(unavailable(e), BrokerError::Unavailable(_)), "a read on a dying connection");
         let e = Error::new(ErrorKind::Unknown, "WRONGTYPE Operation against a key holding the wrong kind of value");
         assert!(matches!(unconfirmed(e), BrokerError::Rejected(_)));
     }
